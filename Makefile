@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (set up, then run the main job offline) and `make test`.
+# Both create or refresh .venv themselves; nothing needs to be installed beforehand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fabench grid smoke --no-progress
+	$(PY) -m fabench table --task smoke
+
+test: $(STAMP)
+	$(PY) -m ruff check fabench tests
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check fabench tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

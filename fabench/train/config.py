@@ -1,0 +1,120 @@
+"""The resolved configuration of one run, and the run_id derived from it.
+
+``RunConfig`` is the single definition of what a run is. The CLI's ``run`` options, a task
+file's ``overrides`` and the grid's cells all produce one; ``runs.csv`` config columns are
+written from it. ``run_id`` hashes the fields that change the result, so an identical finished
+run is recognised and skipped, and an interrupted one is found and resumed. Fields that only
+say *where* or *how visibly* a run happens (device, data directory, progress display) are
+left out of the hash: the same run moved to another machine is still the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from fabench.errors import FabenchError
+
+#: Fields that do not change what is computed, hence excluded from ``run_id``.
+NON_IDENTITY_FIELDS = frozenset({"device", "data_dir", "results_dir", "workers", "progress"})
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "multistep", "cosine")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run. Defaults give a quick CIFAR-sample run."""
+
+    # what is compared
+    rule: str = "bp"
+    arch: str = "arch1"
+    dataset: str = "cifar10-mini"
+    seed: int = 0
+    # task bookkeeping (an ad-hoc `fabench run` belongs to task "adhoc")
+    task: str = "adhoc"
+    task_version: str = "0"
+    # data
+    subset: int | None = None
+    image_size: int | None = None
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    step_size: int = 30
+    warmup_epochs: float = 0.0
+    # feedback rule options (see fabench.rules)
+    feedback_scale: float | None = None
+    feedback_init: str = "kaiming"
+    exclude: list[str] = field(default_factory=list)
+    feedback_memory: str = "auto"
+    # numerics and speed
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    diagnostics: str = "epoch"
+    # placement (not part of the run's identity)
+    device: str = "auto"
+    data_dir: str = "data"
+    results_dir: str = "results"
+    workers: int = 4
+    progress: bool = True
+
+    def validate(self) -> RunConfig:
+        """Check values a user can get wrong; raise FabenchError naming what would be right."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'"),
+            (self.subset is None or self.subset >= 1, f"--subset must be at least 1, got {self.subset}"),
+            (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {self.warmup_epochs}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FabenchError(message)
+        return self
+
+    def identity(self) -> dict:
+        """The fields that define the result, in a stable order."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_IDENTITY_FIELDS}
+
+    @property
+    def run_id(self) -> str:
+        """A short hash of :meth:`identity`: equal configs share a run_id."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        """Build from a mapping, rejecting unknown keys with the closest valid names."""
+        from fabench.errors import unknown_choice
+
+        known = set(cls.field_names())
+        for key in values:
+            if key not in known:
+                raise unknown_choice("run setting", key, known)
+        return cls(**values)

@@ -1,0 +1,52 @@
+"""The fixed, versioned column schema of ``results/runs.csv``.
+
+One definition, used by every writer and reader: config columns (from :class:`RunConfig`),
+then metrics, then provenance. A row is built by :func:`make_row`, which fills exactly these
+columns and nothing else, never from whatever keys a dict happens to hold. Readers check
+``schema_version`` and the header, and report foreign or malformed rows instead of mixing
+them in. Bump ``SCHEMA_VERSION`` whenever the columns change.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+#: Config columns, in order; each is a field of RunConfig (plus run_id and schema_version).
+CONFIG_COLUMNS = (
+    "schema_version", "run_id", "task", "task_version", "rule", "arch", "dataset", "seed",
+    "subset", "image_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+    "weight_decay", "label_smoothing", "schedule", "warmup_epochs", "feedback_scale",
+    "feedback_init", "amp", "channels_last", "compile", "deterministic",
+)
+
+#: Metric columns: accuracies in percent on the test split, times in seconds.
+METRIC_COLUMNS = (
+    "status", "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
+    "best_epoch", "final_test_loss", "final_train_loss", "train_time_s", "images_per_s",
+)
+
+#: Provenance columns: where and with what the run was made.
+PROVENANCE_COLUMNS = (
+    "arch_source", "num_params", "feedback_form", "device", "fabench_version", "torch_version",
+    "timm_version", "git_commit", "started_at", "finished_at", "error",
+)
+
+COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + PROVENANCE_COLUMNS
+
+#: Statuses a row may carry. Only "finished" counts as done for skipping.
+STATUSES = ("finished", "diverged", "failed", "interrupted")
+
+
+def make_row(config: dict, metrics: dict, provenance: dict) -> dict:
+    """Assemble one runs.csv row with exactly :data:`COLUMNS`, in order.
+
+    ``config`` is ``RunConfig.to_dict()`` plus ``run_id``; missing metric or provenance
+    values become empty cells. Unknown keys in ``metrics`` or ``provenance`` are an error,
+    so a typo cannot silently drop a value.
+    """
+    for name, given, allowed in (("metric", metrics, METRIC_COLUMNS), ("provenance", provenance, PROVENANCE_COLUMNS)):
+        unknown = set(given) - set(allowed)
+        if unknown:
+            raise KeyError(f"unknown {name} column(s) for runs.csv: {sorted(unknown)}")
+    merged = {**config, "schema_version": SCHEMA_VERSION, **metrics, **provenance}
+    return {column: merged.get(column, "") for column in COLUMNS}
