@@ -56,7 +56,7 @@ class RunConfig:
     warmup_epochs: float = 0.0
     # feedback rule options (see fabench.rules)
     feedback_scale: float | None = None
-    feedback_init: str = "kaiming"
+    feedback_init: str = "auto"
     exclude: list[str] = field(default_factory=list)
     feedback_memory: str = "auto"
     # numerics and speed

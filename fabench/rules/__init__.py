@@ -1,0 +1,17 @@
+"""The rule engine: apply a feedback-alignment rule to every Conv2d/Linear of any model.
+
+>>> handle = apply(model, "fa-usf-sn+const", seed=0)
+>>> handle.attach_optimizer(optimizer)   # lets +const/+ei/+bm act at each step
+>>> handle.remove()                      # plain backprop again
+
+See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table and
+:mod:`fabench.rules._feedback` for each rule's formula.
+"""
+
+from fabench.rules._apply import FeedbackHandle, RuleOptions, apply, covered_layers
+from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule
+
+__all__ = [
+    "FeedbackHandle", "RuleOptions", "RuleSpec", "apply", "covered_layers",
+    "list_modifiers", "list_rules", "parse_rule",
+]
