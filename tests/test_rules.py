@@ -294,7 +294,7 @@ def test_layer_with_two_convs_in_its_forward_is_refused_by_name():
 
     model = nn.Sequential(DoubleConv(3, 3, 3))
     apply(model, "fa")
-    with pytest.raises(FabenchError, match="layer '0'.*2 conv"):
+    with pytest.raises(FabenchError, match=r"layer '0'.*2 conv"):
         model(torch.randn(1, 3, 5, 5))
 
 
@@ -341,5 +341,5 @@ def test_bad_rule_names_get_one_clear_error(spec, message):
 
 
 def test_model_without_layers_is_refused():
-    with pytest.raises(FabenchError, match="no nn.Conv2d or nn.Linear"):
+    with pytest.raises(FabenchError, match=r"no nn\.Conv2d or nn\.Linear"):
         apply(nn.Sequential(nn.ReLU()), "fa")

@@ -1,6 +1,10 @@
 """Imports every command module so that each registers its commands on the app."""
 
-from fabench.cli import ls  # noqa: F401
-from fabench.cli import bench, bench_rules  # noqa: F401
-from fabench.cli import report_cmd, tasks_cmd  # noqa: F401
-from fabench.cli import ls_data  # noqa: F401
+from fabench.cli import (  # noqa: F401  # noqa: F401
+    bench,
+    bench_rules,
+    ls,
+    ls_data,
+    report_cmd,
+    tasks_cmd,
+)

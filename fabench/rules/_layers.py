@@ -61,7 +61,7 @@ def layer_buffers(module: nn.Module, rule: LayerRule) -> tuple[torch.Tensor | No
 def _same_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Resolve padding='same' as PyTorch does: symmetric part in the conv, the odd extra on the right."""
     pads, extra = [], []
-    for d, k in zip(module.dilation, module.kernel_size):
+    for d, k in zip(module.dilation, module.kernel_size, strict=False):
         total = d * (k - 1)
         pads.append(total // 2)
         extra.append(total - 2 * (total // 2))
@@ -105,8 +105,8 @@ def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0, 0)
-        elif all(s == 1 for s in stride) and all(d * (k - 1) % 2 == 0 for d, k in zip(dilation, weight.shape[2:])):
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, weight.shape[2:]))
+        elif all(s == 1 for s in stride) and all(d * (k - 1) % 2 == 0 for d, k in zip(dilation, weight.shape[2:], strict=False)):
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, weight.shape[2:], strict=False))
         else:
             raise FabenchError(f"layer calls conv2d with padding='{padding}' and an even kernel; not supported")
     return FeedbackConv2d.apply(x, weight, bias, buffer, sign, rule.kind, stride, _pair(padding), dilation, groups)
