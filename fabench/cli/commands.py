@@ -1,10 +1,7 @@
 """Imports every command module so that each registers its commands on the app."""
+# ruff: noqa: F401, I001
 
-from fabench.cli import (  # noqa: F401  # noqa: F401
-    bench,
-    bench_rules,
-    ls,
-    ls_data,
-    report_cmd,
-    tasks_cmd,
-)
+from fabench.cli import ls
+from fabench.cli import bench, bench_rules
+from fabench.cli import ls_data
+from fabench.cli import tasks_cmd, report_cmd
