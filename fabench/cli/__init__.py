@@ -32,8 +32,8 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    version: bool | None = typer.Option(
+        None, "--version", callback=_show_version, is_eager=True, is_flag=True, help="Print the version and exit."
     ),
 ) -> None:
     """Benchmark feedback-alignment learning rules on deep convolutional networks."""
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
     except FabenchError as err:
         print(f"fabench: error: {err}", file=sys.stderr)
         sys.exit(2)

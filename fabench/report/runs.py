@@ -1,0 +1,121 @@
+"""Reading ``runs.csv`` for reports: schema checked, bad rows reported and skipped, never mixed in.
+
+The header must be exactly :data:`fabench.train.schema.COLUMNS` (a file from another schema
+version is refused as a whole). Each row must have the right number of fields, the current
+``schema_version``, a known ``status``, a ``run_id``, and numbers where numbers belong; a row
+that fails is reported as ``file:line: reason`` and left out. When a run_id appears more than
+once (an interrupted or failed attempt, then the finished resume), the last row wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabench.errors import FabenchError
+from fabench.tasks._source import display_path
+from fabench.train import schema
+
+#: Columns that must hold numbers when not empty.
+NUMERIC_COLUMNS = (
+    "seed", "subset", "image_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+    "label_smoothing", "warmup_epochs", "feedback_scale", "epochs_done", "final_top1",
+    "final_top5", "best_top1", "best_top5", "best_epoch", "final_test_loss", "final_train_loss",
+    "train_time_s", "images_per_s", "num_params",
+)
+#: Columns a finished row cannot leave empty.
+FINISHED_REQUIRED = ("final_top1",)
+
+
+@dataclass
+class RunsTable:
+    """The valid rows of a runs.csv (one per run_id, the latest) and the problems found."""
+
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def frame(self):
+        """The rows as a pandas DataFrame with numeric columns converted."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows, columns=list(schema.COLUMNS))
+        for column in NUMERIC_COLUMNS:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        return frame
+
+
+def _row_problem(record: list[str]) -> str | None:
+    """Why a record is not a valid runs.csv row of this schema, or None if it is."""
+    if len(record) != len(schema.COLUMNS):
+        return f"has {len(record)} fields, expected {len(schema.COLUMNS)}"
+    row = dict(zip(schema.COLUMNS, record, strict=True))
+    if row["schema_version"] != str(schema.SCHEMA_VERSION):
+        return f"schema_version '{row['schema_version']}' is not {schema.SCHEMA_VERSION}"
+    if not row["run_id"]:
+        return "has no run_id"
+    if row["status"] not in schema.STATUSES:
+        return f"unknown status '{row['status']}' (expected one of {', '.join(schema.STATUSES)})"
+    for column in NUMERIC_COLUMNS:
+        text = row[column]
+        if text == "":
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            return f"column {column} should be a number, got '{text}'"
+        if math.isinf(number):
+            return f"column {column} is infinite"
+    if row["status"] == "finished":
+        for column in FINISHED_REQUIRED:
+            if row[column] == "":
+                return f"is finished but has no {column}"
+    return None
+
+
+def read_runs(path: Path | str) -> RunsTable:
+    """Read and check a runs.csv; raise FabenchError if it is missing or of another schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "runs.csv"
+    if not path.is_file():
+        raise FabenchError(f"no results at {display_path(path)}; run `fabench grid TASK` or `fabench run` first, or pass --results DIR")
+    table = RunsTable(path)
+    latest: dict[str, dict] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+        except csv.Error as err:
+            raise FabenchError(f"{display_path(path)}:1: unreadable CSV header ({err})") from None
+        if header is None:
+            raise FabenchError(f"{display_path(path)} is empty; expected the runs.csv header")
+        if tuple(header) != schema.COLUMNS:
+            raise FabenchError(
+                f"{display_path(path)}:1: header does not match runs.csv schema version {schema.SCHEMA_VERSION} "
+                "(written by another fabench version, or not a fabench runs.csv)"
+            )
+        line = reader.line_num
+        while True:
+            start = line + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                table.problems.append(f"{display_path(path)}:{start}: unreadable CSV ({err}); skipped")
+                line = reader.line_num
+                continue
+            line = reader.line_num
+            if not record:
+                continue
+            problem = _row_problem(record)
+            if problem:
+                table.problems.append(f"{display_path(path)}:{start}: row {problem}; skipped")
+                continue
+            row = dict(zip(schema.COLUMNS, record, strict=True))
+            latest[row["run_id"]] = row
+    table.rows = list(latest.values())
+    return table

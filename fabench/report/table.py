@@ -1,0 +1,363 @@
+"""Result tables from runs.csv: mean ± std over seeds, in rich, markdown, csv or LaTeX.
+
+Layout: one block per value of the ``by`` columns (default: dataset), ``rows`` down the side
+(default: arch) and ``cols`` across (default: rule). Only ``finished`` runs enter the
+statistics; a cell also says how many of its runs diverged or failed. If runs that land in one
+cell differ in another setting (say optimizer, in a grid with sgd and adam variants), the
+blocks are split by that setting too, so different experiments are never averaged together.
+
+``compare`` mode lists every measured dataset/arch/rule/optimizer beside the published number
+(see :mod:`fabench.report.published`) and the difference, measured minus published.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fabench.errors import FabenchError, unknown_choice
+from fabench.report.published import base_dataset, load_published, load_sources, match_published
+from fabench.train import schema
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A reported quantity: its runs.csv column, whether it is shown as 100 - value, its label."""
+
+    column: str
+    label: str
+    error: bool = False
+    digits: int = 2
+
+
+METRICS = {
+    "top1-err": Metric("final_top1", "top-1 error (%)", error=True),
+    "top5-err": Metric("final_top5", "top-5 error (%)", error=True),
+    "top1": Metric("final_top1", "final top-1 accuracy (%)"),
+    "top5": Metric("final_top5", "final top-5 accuracy (%)"),
+    "best-top1": Metric("best_top1", "best top-1 accuracy (%)"),
+    "best-top5": Metric("best_top5", "best top-5 accuracy (%)"),
+    "best-top1-err": Metric("best_top1", "best-epoch top-1 error (%)", error=True),
+    "train-time": Metric("train_time_s", "train time (s)", digits=1),
+    "images-per-s": Metric("images_per_s", "training throughput (images/s)", digits=0),
+}
+
+#: Datasets that are JPEG-re-encoded samples, not the original pixels.
+JPEG_SAMPLE_DATASETS = ("cifar10-mini",)
+JPEG_NOTE = (
+    "{name} is a JPEG-re-encoded sample of CIFAR-10 (a small class-balanced subset whose pixels went "
+    "through quality-75 JPEG), not the original dataset: expect accuracies below those on CIFAR-10."
+)
+#: Config columns that may legitimately differ inside one cell (they identify repeats).
+_REPEAT_COLUMNS = ("schema_version", "run_id", "seed")
+FORMATS = ("rich", "markdown", "csv", "latex")
+
+
+@dataclass
+class Block:
+    """One rendered table: a title, a header, body rows of text, notes, and tidy records for CSV."""
+
+    title: str
+    header: list[str]
+    body: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+def is_jpeg_sample(dataset: str) -> bool:
+    """True for datasets whose pixels went through JPEG (see JPEG_NOTE)."""
+    return dataset in JPEG_SAMPLE_DATASETS
+
+
+def _check_columns(names: Sequence[str], option: str) -> None:
+    """Reject grouping columns that are not runs.csv config columns."""
+    allowed = [c for c in schema.CONFIG_COLUMNS if c not in ("schema_version", "run_id")]
+    for name in names:
+        if name not in allowed:
+            raise FabenchError(f"{option}: {unknown_choice('column', name, allowed)}")
+
+
+def filter_runs(frame, *, task: str | None = None, rule: str | None = None, arch: str | None = None, dataset: str | None = None):
+    """Rows whose task/rule/arch/dataset match the given fnmatch patterns."""
+    for column, pattern in (("task", task), ("rule", rule), ("arch", arch), ("dataset", dataset)):
+        if pattern:
+            frame = frame[frame[column].astype(str).map(lambda v, p=pattern: fnmatch.fnmatchcase(v, p))]
+    return frame
+
+
+def split_columns(frame, keys: list[str]) -> list[str]:
+    """Config columns that vary among runs sharing ``keys``, added one at a time in schema order.
+
+    Adding ``optimizer`` often makes ``lr`` constant within cells, so columns are added only
+    while some cell still mixes settings.
+    """
+    candidates = [c for c in schema.CONFIG_COLUMNS if c not in _REPEAT_COLUMNS and c not in keys]
+    added: list[str] = []
+    while True:
+        group = frame.groupby(keys + added, dropna=False, sort=False)
+        varying = [c for c in candidates if c not in added and (group[c].nunique(dropna=False) > 1).any()]
+        if not varying:
+            return added
+        added.append(varying[0])
+
+
+def _key_text(value) -> str:
+    """A grouping value as text: empty cells as '-', whole floats without '.0'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _as_key_text(frame, columns: list[str]):
+    """A copy of ``frame`` whose grouping columns are text, so empty cells group and print cleanly."""
+    frame = frame.copy()
+    for column in dict.fromkeys(columns):
+        frame[column] = frame[column].map(_key_text)
+    return frame
+
+
+def _metric_values(frame, metric: Metric):
+    """The metric's column, as error (100 - value) where the metric is an error."""
+    values = frame[metric.column]
+    return 100.0 - values if metric.error else values
+
+
+def _format_stat(mean: float, std: float, n: int, digits: int) -> str:
+    """'mean ± std (n)', or 'mean (1)' for a single run."""
+    if n == 0:
+        return ""
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})" if n > 1 else f"{mean:.{digits}f} ({n})"
+
+
+def _cell_stats(frame, metric: Metric) -> dict:
+    """Mean, std (sample), n over finished runs, and counts of the other statuses."""
+    finished = frame[frame["status"] == "finished"]
+    values = _metric_values(finished, metric).dropna()
+    others = frame.loc[frame["status"] != "finished", "status"].value_counts().to_dict()
+    n = int(values.size)
+    return {
+        "mean": float(values.mean()) if n else float("nan"),
+        "std": float(values.std(ddof=1)) if n > 1 else float("nan"),
+        "n": n,
+        "others": {str(k): int(v) for k, v in others.items()},
+    }
+
+
+def _cell_text(stats: dict, metric: Metric) -> str:
+    """A table cell: the statistics plus counts of runs that did not finish."""
+    text = _format_stat(stats["mean"], 0.0 if stats["std"] != stats["std"] else stats["std"], stats["n"], metric.digits)
+    extra = ", ".join(f"{v} {k}" for k, v in stats["others"].items())
+    if not extra:
+        return text
+    return f"{text} [+{extra}]" if text else f"[{extra}]"
+
+
+def _title(keys: list[str], values: tuple) -> str:
+    """A block title such as 'dataset=cifar10, optimizer=sgd'."""
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) if keys else "all runs"
+
+
+def _dataset_notes(datasets) -> list[str]:
+    """The JPEG-sample note for each such dataset among ``datasets``."""
+    return [JPEG_NOTE.format(name=d) for d in dict.fromkeys(datasets) if is_jpeg_sample(str(d))]
+
+
+def _as_tuple(value) -> tuple:
+    """A pandas group key as a tuple (single keys come back bare)."""
+    return value if isinstance(value, tuple) else (value,)
+
+
+def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metric_name: str) -> list[Block]:
+    """Group runs into blocks (``by``) of rows × cols cells with statistics over seeds."""
+    metric = _metric(metric_name)
+    for names, option in ((rows, "--rows"), (cols, "--cols"), (by, "--by")):
+        _check_columns(names, option)
+    if frame.empty:
+        raise FabenchError("no runs match the filters")
+    extra = split_columns(frame, by + rows + cols)
+    by = by + extra
+    frame = _as_key_text(frame, by + rows + cols)
+    blocks = []
+    # one order for every block: first appearance in runs.csv (the grid's order)
+    row_order = list(dict.fromkeys(frame[rows].itertuples(index=False, name=None)))
+    col_order = list(dict.fromkeys(frame[cols].itertuples(index=False, name=None)))
+    groups = frame.groupby(by, dropna=False, sort=False) if by else [((), frame)]
+    for by_values, part in groups:
+        by_values = _as_tuple(by_values)
+        row_keys = [k for k in row_order if k in set(part[rows].itertuples(index=False, name=None))]
+        col_keys = [k for k in col_order if k in set(part[cols].itertuples(index=False, name=None))]
+        cells = {_as_tuple(key): sub for key, sub in part.groupby(rows + cols, dropna=False, sort=False)}
+        header = [" / ".join(rows)] + [" / ".join(map(str, c)) for c in col_keys]
+        body, records = [], []
+        for r in row_keys:
+            line = [" / ".join(map(str, r))]
+            for c in col_keys:
+                sub = cells.get(tuple(r) + tuple(c))
+                if sub is None:
+                    line.append("")
+                    continue
+                stats = _cell_stats(sub, metric)
+                line.append(_cell_text(stats, metric))
+                records.append(_record(by, by_values, rows, r, cols, c, metric_name, stats, sub))
+            body.append(line)
+        notes = [f"{metric.label}; mean ± std over seeds (n finished runs)."]
+        if extra:
+            notes.append(f"split by {', '.join(extra)}: runs in one cell differed in {'it' if len(extra) == 1 else 'them'}.")
+        notes += _dataset_notes(part["dataset"])
+        blocks.append(Block(_title(by, by_values), header, body, notes, records))
+    return blocks
+
+
+def _record(by, by_values, rows, r, cols, c, metric_name, stats, sub) -> dict:
+    """One tidy CSV record of a table cell."""
+    record = dict(zip(by, by_values, strict=True))
+    record.update(zip(rows, r, strict=True))
+    record.update(zip(cols, c, strict=True))
+    datasets = sub["dataset"].unique()
+    record.update({
+        "metric": metric_name, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
+        "not_finished": ";".join(f"{k}={v}" for k, v in stats["others"].items()),
+        "note": " ".join(_dataset_notes(datasets)),
+    })
+    return record
+
+
+def _metric(name: str) -> Metric:
+    """The Metric named ``name``, or an error listing the valid names."""
+    if name not in METRICS:
+        raise unknown_choice("metric", name, METRICS)
+    return METRICS[name]
+
+
+def build_comparison(frame, *, metric_name: str) -> list[Block]:
+    """One block per dataset: measured vs published, with difference, for every matched group."""
+    if metric_name not in ("top1-err", "top1"):
+        raise FabenchError(f"published numbers are top-1 error; use --metric top1-err or top1 with --compare published, not '{metric_name}'")
+    metric = _metric(metric_name)
+    if frame.empty:
+        raise FabenchError("no runs match the filters")
+    published = load_published()
+    citations = load_sources()
+    keys = ["dataset", "arch", "rule", "optimizer"]
+    keys += split_columns(frame, keys)
+    frame = _as_key_text(frame, keys)
+    shown = keys[1:]
+    blocks = []
+    for dataset, part in frame.groupby("dataset", sort=False):
+        block = Block(f"dataset={dataset}", [*shown, "measured", "n", "published", "Δ", "source"], [])
+        used: set[str] = set()
+        for values, sub in part.groupby(shown, dropna=False, sort=False):
+            named = {"dataset": dataset, **dict(zip(shown, values, strict=True))}
+            stats = _cell_stats(sub, metric)
+            match, why = match_published(published, dataset, named["arch"], named["rule"], named["optimizer"])
+            pub_value = None if match is None else (match.value if metric.error else 100.0 - match.value)
+            delta = stats["mean"] - pub_value if (pub_value is not None and stats["n"]) else None
+            source = "" if match is None else match.source + (f" ({why})" if why else "")
+            if match is not None:
+                used.add(match.source)
+            block.body.append([*map(str, values), _cell_text(stats, metric), str(stats["n"]),
+                               "" if pub_value is None else f"{pub_value:.2f}",
+                               "" if delta is None else f"{delta:+.2f}", source])
+            block.records.append({**named, "metric": metric_name, "mean": stats["mean"], "std": stats["std"],
+                                  "n": stats["n"], "published": pub_value, "delta": delta, "source": source,
+                                  "note": " ".join(_dataset_notes([dataset]))})
+        block.notes.append(f"{metric.label}; measured: mean ± std over seeds (n finished runs); Δ = measured - published.")
+        if base_dataset(dataset) != dataset:
+            block.notes.append(f"published numbers are for {base_dataset(dataset)}, measured on {dataset}.")
+        block.notes += _dataset_notes([dataset])
+        block.notes.append(f"measured settings: {_settings_text(part)}.")
+        for key in sorted(used):
+            settings = "; ".join(dict.fromkeys(p.notes for p in published if p.source == key and p.dataset == base_dataset(dataset)))
+            block.notes.append(f"{key}: {citations.get(key, key)}; published settings: {settings}")
+        blocks.append(block)
+    return blocks
+
+
+def _settings_text(frame) -> str:
+    """The training settings of measured runs (each value, or the set of values if they differ)."""
+    parts = []
+    for column, name in (("epochs", "epochs"), ("batch_size", "batch"), ("subset", "subset"), ("image_size", "image size")):
+        values = [_key_text(v) for v in dict.fromkeys(frame[column])]
+        if values != ["-"]:
+            parts.append(f"{name} {'/'.join(values)}")
+    return ", ".join(parts)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+def render_rich(blocks: list[Block], console) -> None:
+    """Print each block as a rich table followed by its notes (full width, not squeezed into a caption)."""
+    from rich.table import Table
+
+    for block in blocks:
+        table = Table(title=block.title, title_justify="left")
+        for i, name in enumerate(block.header):
+            table.add_column(name, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+        for line in block.body:
+            table.add_row(*line)
+        console.print(table)
+        for note in block.notes:
+            console.print(f"  {note}", highlight=False)
+        console.print()
+
+
+def _md_escape(text: str) -> str:
+    """Escape the pipe, the only character that breaks a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """GitHub-flavoured markdown: a heading, a pipe table and the notes per block."""
+    out = []
+    for block in blocks:
+        out.append(f"### {block.title}\n")
+        out.append("| " + " | ".join(map(_md_escape, block.header)) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(block.header) - 1)) + "|")
+        out += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in block.body]
+        out.append("")
+        out += [f"- {note}" for note in block.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(blocks: list[Block]) -> str:
+    """Tidy CSV: one record per table cell with numeric mean, std and n (and notes per record)."""
+    import csv
+
+    records = [r for b in blocks for r in b.records]
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: ("" if v is None or v != v else v) for k, v in record.items()})
+    return buffer.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    """Escape LaTeX specials and typeset ±, Δ and ‖ in math mode."""
+    text = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("‖", r"$\|$")
+
+
+def render_latex(blocks: list[Block]) -> str:
+    """One ``table`` environment per block (booktabs rules), the notes as its caption."""
+    out = []
+    for block in blocks:
+        spec = "l" + "r" * (len(block.header) - 1)
+        out += [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+        out.append(" & ".join(map(_latex_escape, block.header)) + r" \\")
+        out.append(r"\midrule")
+        out += [" & ".join(map(_latex_escape, line)) + r" \\" for line in block.body]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        caption = _latex_escape(block.title + ". " + " ".join(block.notes))
+        out += [rf"\caption{{{caption}}}", r"\end{table}", ""]
+    return "\n".join(out)
