@@ -67,3 +67,4 @@ def main(argv: list[str] | None = None) -> None:
             err.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -40,10 +40,13 @@ def read_probe_rows(run_dir: Path):
     """A run's probe rows as a DataFrame (epoch, step, metric, layer, value), later rows winning."""
     import pandas as pd
 
-    path = run_dir / "curves.csv"
-    curves = pd.read_csv(path, dtype={"layer": str}, keep_default_na=False, na_values={"value": ["nan"]})
-    probe = curves[curves["split"] == PROBE_SPLIT].copy()
-    probe["value"] = pd.to_numeric(probe["value"], errors="coerce")
+    # all text first: a torn last line (a killed run) or a stray value must not stop a report
+    curves = pd.read_csv(run_dir / "curves.csv", dtype=str, keep_default_na=False, on_bad_lines="skip")
+    complete = (curves["wall_time"] != "") & (curves["layer"] != "")  # a torn line lacks its last fields
+    probe = curves[(curves["split"] == PROBE_SPLIT) & complete].copy()
+    for column in ("epoch", "step", "value"):
+        probe[column] = pd.to_numeric(probe[column], errors="coerce")
+    probe = probe.dropna(subset=["epoch", "step"]).astype({"epoch": int, "step": int})
     probe = probe.drop_duplicates(["step", "metric", "layer"], keep="last")
     return probe[["epoch", "step", "metric", "layer", "value"]]
 
@@ -156,6 +159,8 @@ def _draw_epochs(ax, probes, metric: str, layers: list[str]) -> None:
     cmap = plt.get_cmap("plasma")
     for depth, layer in enumerate(layers):
         line = means[means["layer"] == layer].sort_values("x_epoch")
+        if line["mean"].isna().all():  # the first layer sends no δx
+            continue
         ax.plot(line["x_epoch"], line["mean"], marker=".", markersize=3,
                 color=cmap(depth / max(1, len(layers) - 1) * 0.85), label=layer)
     ax.set_xlabel("epoch")
@@ -166,7 +171,8 @@ def _title(probes, dataset: str, arch: str) -> str:
     runs = probes.groupby("rule", sort=False)["run_id"].nunique()
     counts = ", ".join(f"{rule} n={n}" for rule, n in runs.items())
     title = (f"task {tasks}: {dataset} / {arch}; angle between each rule's δx and backprop's on a fixed "
-             f"probe batch (mean over seeds: {counts})")
+             f"probe batch (mean over seeds: {counts})\nδx = the error a layer sends to its input; "
+             "the first layer sends none (its input is the image)")
     return title + ("\n" + JPEG_SHORT_NOTE.format(name=dataset) if is_jpeg_sample(dataset) else "")
 
 
@@ -247,7 +253,7 @@ def _block(part, by: list[str], by_values: tuple, rows: list[str], cols: list[st
                 block.records.append({**named, **stats})
         block.body.append(line)
     block.notes.append("mean δx angle to backprop (degrees): mean over the rule's layers at each run's last "
-                       "probe, then mean ± std over seeds (n runs). 0 = backprop's direction, 90 = orthogonal.")
+                       "probe, then mean ± std over seeds (n finished runs). 0 = backprop's direction, 90 = orthogonal.")
     block.notes += [JPEG_SHORT_NOTE.format(name=d) for d in dict.fromkeys(part["dataset"]) if is_jpeg_sample(d)]
     return block
 
@@ -259,6 +265,9 @@ def alignment_blocks(frame, results_dir: Path, *, rows: list[str], cols: list[st
     for name in (*rows, *cols, *by):
         if name not in frame.columns:
             raise FabenchError(f"unknown column '{name}' for --rows/--cols/--by")
+    frame = frame[frame["status"] == "finished"]
+    if frame.empty:
+        raise FabenchError("no finished runs match the filters")
     probes, skipped = load_probes(frame, results_dir)
     scores = _run_scores(probes)
     frame = frame[frame["run_id"].isin(list(scores.index))].copy()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fabench.errors import FabenchError
 
 #: Fields that do not change what is computed, hence excluded from ``run_id``.
-NON_IDENTITY_FIELDS = frozenset({"device", "data_dir", "results_dir", "workers", "progress"})
+NON_IDENTITY_FIELDS = frozenset({"device", "data_dir", "results_dir", "workers", "progress", "diagnostics"})
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "cosine")
