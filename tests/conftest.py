@@ -1,5 +1,5 @@
-"""Shared test settings: small thread counts keep the suite steady on a 2-core machine."""
+"""Shared test settings: one thread per process keeps the suite steady on a 2-core machine."""
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -33,7 +33,7 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool | None = typer.Option(
-        None, "--version", callback=_show_version, is_eager=True, is_flag=True, help="Print the version and exit."
+        None, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Benchmark feedback-alignment learning rules on deep convolutional networks."""

@@ -1,1 +1,35 @@
-"""One training run: configuration, loop, records and resumption."""
+"""One training run: configuration, loop, records and resumption.
+
+Public surface::
+
+    run(config, *, force=False, on_event=None) -> RunResult(status, run_dir, row, skipped)
+    evaluate_run(run_dir, dataset, *, data_dir="data", device="auto", batch_size=None) -> dict
+    CurveWriter(path, run_id).log(epoch, step, split, metric, value, layer="")
+    EpochContext, epoch_hooks  (the per-epoch hook point, fabench.train.hooks)
+
+Torch is imported when these are first used, so ``import fabench.train`` stays light for
+modules that need only :mod:`fabench.train.config` or :mod:`fabench.train.schema`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "run": "fabench.train.runner",
+    "RunResult": "fabench.train.runner",
+    "evaluate_run": "fabench.train.evaluation",
+    "CurveWriter": "fabench.train.curves",
+    "EpochContext": "fabench.train.hooks",
+    "epoch_hooks": "fabench.train.hooks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fabench.train' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -43,11 +43,13 @@ class RunConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
+    # Adam 1e-3 by default: Lance & Kieu's recipe for arch1, and safe on BN-free nets where
+    # SGD's usable learning rate depends on the architecture (SGD 0.05 diverges on AlexNet).
+    optimizer: str = "adam"
+    lr: float = 1e-3
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     milestones: list[int] = field(default_factory=list)

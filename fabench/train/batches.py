@@ -1,0 +1,111 @@
+"""A run's view of its data: training epochs and test passes as batches on the run's device.
+
+In-memory datasets go through :class:`fabench.data.DeviceLoader` (one uint8 tensor on the
+device, index slices of a per-epoch permutation, augmentation on the device); ImageNet-style
+folder datasets through their DataLoader with workers, built once so that workers persist
+across epochs. Either way an epoch's randomness comes from the CPU generator the run owns.
+
+Training drops the last partial batch: every step sees ``batch_size`` images (a one-image
+batch would break BatchNorm, and equal steps keep timings comparable). Images skipped that way
+differ from epoch to epoch. ``skip`` replays the first batches of an epoch without training
+on them, which is how a run interrupted mid-epoch resumes exactly.
+
+Folder datasets' torchvision transforms draw from torch's global generator of the process that
+runs them. In worker processes that generator is the worker's own, seeded from the run's
+generator. With ``workers=0`` it would be the main process's, shared with training (dropout,
+``fa-brsf``), so loading would perturb training and a replay could not be exact: batches are
+then fetched with the global generator swapped for a data stream seeded from the run's
+generator at the start of each epoch (:func:`_isolated_rng`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+
+from fabench.data import DeviceLoader, FolderDataset, InMemoryDataset
+from fabench.errors import FabenchError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _isolated_rng(batches, generator: torch.Generator) -> Iterator:
+    """Yield from ``batches`` with torch's global CPU generator replaced by a stream of its own."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    state = torch.Generator().manual_seed(seed).get_state()
+    iterator = iter(batches)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
+            batch = next(iterator, None)
+            state = torch.get_rng_state()
+        if batch is None:
+            return
+        yield batch
+
+
+class RunData:
+    """Training and test batches of one dataset on one device."""
+
+    def __init__(self, dataset: InMemoryDataset | FolderDataset, device: torch.device, *,
+                 generator: torch.Generator, batch_size: int, workers: int = 4,
+                 channels_last: bool = False) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.generator = generator
+        self.batch_size = batch_size
+        self.channels_last = channels_last
+        if isinstance(dataset, FolderDataset):
+            self._loader = None
+            self._train = dataset.train_loader(batch_size, workers=workers, generator=generator, drop_last=True)
+            self._test = dataset.val_loader(batch_size, workers=workers)
+        else:
+            self._loader = DeviceLoader(dataset, device)
+
+    @property
+    def n_train(self) -> int:
+        return self.dataset.n_train
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+    def summary(self) -> dict:
+        """The dataset as the manifest records it (what ``fabench eval`` needs to match it)."""
+        d = self.dataset
+        if isinstance(d, InMemoryDataset):
+            return d.summary()
+        return {"name": d.name, "n_train": d.n_train, "n_test": d.n_test, "num_classes": d.num_classes,
+                "in_chans": d.in_chans, "image_size": d.image_size, "augment": d.augment,
+                "mean": list(d.mean), "std": list(d.std), "jpeg_sample": d.jpeg_sample}
+
+    def check_batch_size(self) -> None:
+        if self.dataset.eval_only:
+            raise FabenchError(f"dataset '{self.dataset.name}' has no training split (x_train/y_train); "
+                               "use it with 'fabench eval'")
+        if self.batch_size > self.n_train:
+            raise FabenchError(f"--batch-size {self.batch_size} is larger than the training set "
+                               f"({self.n_train} images); use at most {self.n_train}")
+
+    def _place(self, batches) -> Iterator[Batch]:
+        for x, y in batches:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def train_epoch(self, skip: int = 0) -> Iterator[Batch]:
+        """One epoch of training batches, its randomness drawn from ``self.generator`` now."""
+        if self._loader is not None:
+            batches = self._loader.train_batches(self.batch_size, self.generator, drop_last=True)
+        else:
+            batches = _isolated_rng(self._train, self.generator)
+        return self._place(itertools.islice(batches, skip, None))
+
+    def test(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The test split once, in order."""
+        if self._loader is not None:
+            return self._place(self._loader.test_batches(batch_size or self.batch_size))
+        return self._place(iter(self._test))

@@ -1,0 +1,103 @@
+"""Where and in what precision a run computes: device choice, autocast, determinism.
+
+``--device auto`` takes the first CUDA device when there is one, else the CPU. ``--amp bf16``
+autocasts forward passes to bfloat16 (CPU or CUDA); ``--amp fp16`` autocasts to float16 and
+scales the loss with a GradScaler, which needs CUDA. BatchNorm and the loss stay in float32
+under autocast (PyTorch's autocast policy). ``--deterministic`` asks PyTorch for deterministic
+kernels for the duration of the run and restores the previous setting afterwards, so several
+runs in one process do not leak settings into each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from fabench.errors import FabenchError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device that exists here, or raise FabenchError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FabenchError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise FabenchError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise FabenchError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise FabenchError(f"--device {name}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """fp16 needs CUDA (GradScaler); bf16 and off work everywhere."""
+    if amp == "fp16" and device.type != "cuda":
+        raise FabenchError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp off on the CPU")
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for forward passes (a no-op context when amp is off)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (a disabled scaler is a pass-through)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock readings mean what they say."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_device(device: torch.device) -> str:
+    """A human-readable device name for the manifest and runs.csv."""
+    if device.type == "cuda":
+        return f"{device}:{torch.cuda.get_device_name(device)}"
+    import platform
+
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+
+
+@contextlib.contextmanager
+def numerics(deterministic: bool) -> Iterator[None]:
+    """Deterministic kernels (and no cuDNN autotuning) inside the block when asked.
+
+    Without ``deterministic``, cuDNN benchmarking picks the fastest kernels, which may differ
+    from run to run in the last bits. PyTorch's debugging aid of filling every new tensor with
+    NaN under deterministic mode is turned off: it costs time and changes no result.
+    """
+    import torch.utils.deterministic as fill
+
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        fill.fill_uninitialized_memory,
+    )
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    fill.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, fill.fill_uninitialized_memory = previous[1:]

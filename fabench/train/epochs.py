@@ -1,0 +1,136 @@
+"""The outer loop of a run: epochs of training, a test evaluation after each, checkpoints.
+
+Order at the end of an epoch: evaluate on the test split, log the epoch's curves, call the
+epoch hooks, save the checkpoint, report the epoch. A stop request (Ctrl-C, SIGTERM) ends the
+run after the current step with a mid-epoch checkpoint; one that arrives during evaluation
+takes effect once that epoch's checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from fabench.train import distributed
+from fabench.train.checkpoint import Progress
+from fabench.train.device import synchronize
+from fabench.train.hooks import EpochContext, EpochHook
+from fabench.train.interrupt import StopFlag, inject_after_checkpoint, inject_after_step
+from fabench.train.loop import EpochOutcome, evaluate, train_epoch
+from fabench.train.run_record import RunRecords
+from fabench.train.session import Session
+
+Emit = Callable[[dict], None]
+
+
+def call_hooks(hooks: list[EpochHook], session: Session, records: RunRecords, progress: Progress) -> None:
+    if not hooks:
+        return
+    ctx = EpochContext(session.config, session.model, session.handle, session.data, session.device,
+                       records.curves, progress.epoch, progress.global_step)
+    for hook in hooks:
+        hook(ctx)
+
+
+def call_step_hooks(hooks: list[EpochHook], session: Session, records: RunRecords, progress: Progress,
+                    steps_done: int) -> None:
+    """Call hooks that have ``every_steps`` after each such step (integration: fabench/diagnostics).
+
+    ``steps_done`` counts this call's steps of the epoch; ``ctx.epoch`` is the number of epochs
+    completed. An epoch's last step is left to the epoch-end call, which sees the same weights.
+    """
+    step = progress.global_step + steps_done
+    if progress.step_in_epoch + steps_done >= session.data.steps_per_epoch:
+        return
+    due = [h for h in hooks if getattr(h, "every_steps", None) and step % h.every_steps == 0]
+    if due:
+        ctx = EpochContext(session.config, session.model, session.handle, session.data, session.device,
+                           records.curves, progress.epoch, step)
+        for hook in due:
+            hook(ctx)
+
+
+def _after_step(hooks: list[EpochHook], session: Session, records: RunRecords, progress: Progress, steps_now):
+    def after_step(steps_done: int) -> None:
+        inject_after_step(next(steps_now))
+        call_step_hooks(hooks, session, records, progress, steps_done)
+    return after_step
+
+
+def _start_epoch(session: Session, progress: Progress) -> None:
+    """Remember (fresh epoch) or restore (resumed mid-epoch) the data generator's epoch state."""
+    if progress.step_in_epoch == 0:
+        progress.epoch_data_state = session.generator.get_state()
+        progress.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "time_s": 0.0,
+                            "lr": session.trainer.optimizer.param_groups[0]["lr"]}
+    else:
+        session.generator.set_state(progress.epoch_data_state)
+
+
+def _merge(progress: Progress, outcome: EpochOutcome, seconds: float) -> None:
+    part = progress.partial
+    part["loss_sum"] += outcome.loss_sum
+    part["correct"] += outcome.correct
+    part["seen"] += outcome.seen
+    part["time_s"] += seconds
+    progress.step_in_epoch += outcome.steps
+    progress.global_step += outcome.steps
+    progress.train_time_s += seconds
+    progress.train_images += outcome.seen
+
+
+def _finish_epoch(session: Session, progress: Progress, epoch: int) -> dict:
+    """Evaluate, and turn the epoch's sums into its history entry."""
+    part = progress.partial
+    test = evaluate(session.trainer.model, session.data.test(), device=session.device, amp=session.config.amp)
+    test = distributed.combine_eval(test, session.device)  # DDP: each rank saw its share of the test split
+    entry = {
+        "epoch": epoch, "step": progress.global_step,
+        "train_loss": part["loss_sum"] / part["seen"], "train_top1": 100.0 * part["correct"] / part["seen"],
+        "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"], "lr": part["lr"],
+        "epoch_time_s": part["time_s"], "images_per_s": part["seen"] / max(part["time_s"], 1e-9),
+    }
+    progress.history.append(entry)
+    progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
+    return entry
+
+
+def _step_reporter(session: Session, progress: Progress, epoch: int, started: float, emit: Emit):
+    def report(steps: int, loss: float, images: int) -> None:
+        emit({"kind": "step", "run_id": session.config.run_id, "epoch": epoch, "epochs": session.config.epochs,
+              "step_in_epoch": progress.step_in_epoch + steps, "steps_per_epoch": session.data.steps_per_epoch,
+              "loss": loss, "images_per_s": images / max(time.perf_counter() - started, 1e-9)})
+    return report
+
+
+def run_epochs(session: Session, progress: Progress, records: RunRecords, stop: StopFlag,
+               emit: Emit, hooks: list[EpochHook]) -> tuple[str, str]:
+    """Train from ``progress`` to the last epoch; return ``(status, error message)``."""
+    config = session.config
+    steps_now = itertools.count(1)
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        _start_epoch(session, progress)
+        batches = session.data.train_epoch(skip=progress.step_in_epoch)
+        started = time.perf_counter()
+        outcome = train_epoch(session.trainer, batches, should_stop=stop,
+                              after_step=_after_step(hooks, session, records, progress, steps_now),
+                              on_progress=_step_reporter(session, progress, epoch, started, emit))
+        outcome = distributed.gather_epoch(session, outcome)  # DDP: sums over ranks; BatchNorm statistics averaged
+        synchronize(session.device)
+        _merge(progress, outcome, time.perf_counter() - started)
+        if outcome.diverged:
+            return "diverged", f"training loss became non-finite in epoch {epoch} (step {progress.global_step})"
+        if outcome.interrupted and progress.step_in_epoch < session.data.steps_per_epoch:
+            records.checkpoint(progress)
+            return "interrupted", f"stopped by {stop.signal_name} in epoch {epoch} at step {progress.step_in_epoch}"
+        entry = _finish_epoch(session, progress, epoch)
+        records.log_epoch(entry)
+        call_hooks(hooks, session, records, progress)
+        records.checkpoint(progress)
+        emit({"kind": "epoch", "run_id": config.run_id, "epochs": config.epochs,
+              "best_top1": max(e["test_top1"] for e in progress.history), **entry})
+        inject_after_checkpoint(epoch)
+        if stop() and epoch < config.epochs:
+            return "interrupted", f"stopped by {stop.signal_name} after epoch {epoch}"
+    return "finished", ""

@@ -1,0 +1,139 @@
+"""A run's records on disk: atomic files, the manifest, and its place in ``results/runs.csv``.
+
+Every file is written to a temporary name in the same folder and moved into place with
+``os.replace``, so a reader (or a killed process) never sees half a file. ``runs.csv`` holds
+one row per run_id: a writer takes an exclusive ``fcntl`` lock, reads the table, replaces the
+run's old row (if any) and writes the whole table back atomically, so concurrent runs of a
+grid never lose, duplicate or tear a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from fabench.errors import FabenchError
+from fabench.train.schema import COLUMNS
+
+MANIFEST = "manifest.json"
+CURVES = "curves.csv"
+CHECKPOINT = "last.pt"
+RUNS_CSV = "runs.csv"
+RUN_LOCK = ".lock"
+
+
+def _file_mode() -> int:
+    """Mode of a new file under the current umask (what ``open`` would create)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file, then move it onto ``path`` in one step.
+
+    ``path`` holds either its old or its new content at every moment, even if the process
+    is killed while writing.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; results are meant to be shared
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write_bytes(run_dir / MANIFEST, text.encode())
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    """The run's manifest, or None when there is none (or it cannot be parsed)."""
+    try:
+        return json.loads((run_dir / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``fcntl`` lock on ``path`` (created if needed); yields False if busy."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_runs(path: Path) -> list[list[str]]:
+    """Records of an existing runs.csv, header excluded, each exactly as written.
+
+    A foreign header is an error, never silently merged. Records are kept as lists of fields so
+    that a malformed one (which readers report) is carried over untouched, not repaired or lost.
+    """
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        records = list(csv.reader(handle))
+    if records and tuple(records[0]) != COLUMNS:
+        raise FabenchError(
+            f"{path} has columns that differ from this fabench's runs.csv schema; "
+            "move it aside (or use another --results-dir) and rerun"
+        )
+    return records[1:]
+
+
+def upsert_run_row(results_dir: Path, row: dict) -> None:
+    """Put ``row`` into ``results_dir/runs.csv``, replacing the row with the same run_id."""
+    path = results_dir / RUNS_CSV
+    run_id_at = COLUMNS.index("run_id")
+    with file_lock(results_dir / f".{RUNS_CSV}.lock"):
+        kept = [r for r in _read_runs(path) if len(r) <= run_id_at or r[run_id_at] != row["run_id"]]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([COLUMNS, *kept, [row[column] for column in COLUMNS]])
+        atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Fail early, with one line, if results cannot be written to ``results_dir``."""
+    probe = results_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FabenchError(f"results folder {results_dir} cannot be created: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise FabenchError(f"results folder {results_dir} is not writable ({err.strerror}); choose another --results-dir") from None
+    _read_runs(results_dir / RUNS_CSV)

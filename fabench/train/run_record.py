@@ -1,0 +1,129 @@
+"""One run's folder as it is being written: manifest, curves, checkpoint, and runs.csv row.
+
+:class:`RunRecords` is the only writer of ``results/<task>/<run_id>/``. It creates nothing
+until :meth:`RunRecords.begin`, which the run calls only after every input has been checked
+and the model and data have been built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fabench.train import schema
+from fabench.train.checkpoint import Progress, save_checkpoint
+from fabench.train.curves import CurveWriter
+from fabench.train.device import describe_device
+from fabench.train.provenance import git_commit, now, package_versions
+from fabench.train.records import CHECKPOINT, CURVES, read_manifest, upsert_run_row, write_manifest
+from fabench.train.session import SUBSET_SEED, Session
+
+#: Per-epoch values written to curves.csv: (key in the history entry, split, metric).
+EPOCH_CURVES = (
+    ("train_loss", "train", "loss"), ("train_top1", "train", "top1"), ("lr", "train", "lr"),
+    ("images_per_s", "train", "images_per_s"), ("epoch_time_s", "train", "epoch_time_s"),
+    ("test_top1", "test", "top1"), ("test_top5", "test", "top5"), ("test_loss", "test", "loss"),
+)
+
+
+def result_metrics(status: str, progress: Progress) -> dict:
+    """The runs.csv metric columns from a run's per-epoch history.
+
+    ``best_*`` describe the epoch with the highest test top-1 (top-5 at that same epoch).
+    A diverged run has no final accuracy: its last weights are not finite.
+    """
+    history = progress.history
+    metrics = {"status": status, "epochs_done": len(history), "train_time_s": round(progress.train_time_s, 3)}
+    if progress.train_time_s > 0:
+        metrics["images_per_s"] = round(progress.train_images / progress.train_time_s, 1)
+    if history:
+        best = max(history, key=lambda e: e["test_top1"])
+        metrics.update(best_top1=best["test_top1"], best_top5=best["test_top5"], best_epoch=best["epoch"])
+        if status != "diverged":
+            last = history[-1]
+            metrics.update(final_top1=last["test_top1"], final_top5=last["test_top5"],
+                           final_test_loss=last["test_loss"], final_train_loss=last["train_loss"])
+    return metrics
+
+
+class RunRecords:
+    """Writes one run's manifest, curves, checkpoint and runs.csv row."""
+
+    def __init__(self, session: Session, run_dir: Path) -> None:
+        self.session = session
+        self.config = session.config
+        self.run_dir = run_dir
+        self.curves = CurveWriter(run_dir / CURVES, self.config.run_id)
+        self.manifest: dict = {}
+
+    def _fresh_manifest(self) -> dict:
+        s, c = self.session, self.config
+        return {
+            "run_id": c.run_id, "status": "running", "config": c.to_dict(),
+            "seeds": {"model_init": c.seed, "feedback": c.seed, "data_order": c.seed, "subset": SUBSET_SEED},
+            "arch_source": s.arch_source, "num_params": s.num_params, "rule": s.handle.describe(),
+            "data": s.data.summary(),
+            "device": describe_device(s.device), "versions": package_versions(), "git_commit": git_commit(),
+            "steps_per_epoch": s.data.steps_per_epoch,
+            "timings": {"started_at": now(), "finished_at": "", "train_time_s": 0.0, "images_per_s": None},
+            "progress": {}, "result": {}, "error": "", "resumed_at": [], "evaluations": [],
+        }
+
+    def begin(self, progress: Progress, resumed: bool) -> None:
+        """Create the folder's records: a fresh manifest, or the old one marked as resumed."""
+        previous = read_manifest(self.run_dir) if resumed else None
+        self.manifest = self._fresh_manifest()
+        if previous:
+            self.manifest["timings"]["started_at"] = previous.get("timings", {}).get("started_at", now())
+            self.manifest["resumed_at"] = [*previous.get("resumed_at", []), {
+                "at": now(), "epoch": progress.epoch, "step": progress.global_step}]
+            self.curves.truncate_after(progress.global_step)
+        self._write(progress, "running")
+
+    def _write(self, progress: Progress, status: str, error: str = "") -> None:
+        self.manifest.update(status=status, error=error, result=result_metrics(status, progress))
+        self.manifest["progress"] = {"epochs_done": progress.epoch, "step_in_epoch": progress.step_in_epoch,
+                                     "global_step": progress.global_step}
+        self.manifest["timings"].update(train_time_s=round(progress.train_time_s, 3),
+                                        images_per_s=self.manifest["result"].get("images_per_s"))
+        write_manifest(self.run_dir, self.manifest)
+
+    def log_epoch(self, entry: dict) -> None:
+        for key, split, metric in EPOCH_CURVES:
+            self.curves.log(entry["epoch"], entry["step"], split, metric, entry[key])
+
+    def checkpoint(self, progress: Progress) -> None:
+        """Flush curves, save ``last.pt`` atomically, then record progress in the manifest."""
+        s = self.session
+        self.curves.flush()
+        save_checkpoint(self.run_dir / CHECKPOINT, run_id=self.config.run_id, model=s.model,
+                        optimizer=s.trainer.optimizer, scheduler=s.trainer.scheduler, scaler=s.trainer.scaler,
+                        progress=progress, data_generator=s.generator)
+        self._write(progress, "running")
+
+    def finish(self, status: str, progress: Progress, error: str = "") -> dict:
+        """Final manifest and the run's runs.csv row (replacing any older row of this run)."""
+        self.curves.close()
+        self.manifest["timings"]["finished_at"] = now()
+        self._write(progress, status, error)
+        row = self.row()
+        upsert_run_row(Path(self.config.results_dir), row)
+        return row
+
+    def row(self) -> dict:
+        """This run's runs.csv row, built from the manifest."""
+        return manifest_row(self.manifest)
+
+
+def manifest_row(manifest: dict) -> dict:
+    """A runs.csv row from a run's manifest (also used to restore a row of a skipped run)."""
+    versions = manifest.get("versions", {})
+    provenance = {
+        "arch_source": manifest.get("arch_source", ""), "num_params": manifest.get("num_params", ""),
+        "feedback_form": manifest.get("rule", {}).get("feedback_form", ""), "device": manifest.get("device", ""),
+        "fabench_version": versions.get("fabench", ""), "torch_version": versions.get("torch", ""),
+        "timm_version": versions.get("timm", ""), "git_commit": manifest.get("git_commit", ""),
+        "started_at": manifest["timings"].get("started_at", ""),
+        "finished_at": manifest["timings"].get("finished_at", ""), "error": manifest.get("error", ""),
+    }
+    config = {**manifest["config"], "run_id": manifest["run_id"]}
+    return schema.make_row(config, manifest.get("result", {}), provenance)

@@ -1,0 +1,144 @@
+"""``run(config)``: one training run, end to end, with skip, resume and clean failure.
+
+1. Check everything (names, values, device, results folder) and build data, model, rule,
+   optimizer: any problem is a :class:`FabenchError` and nothing has been written.
+2. An identical finished run (same ``run_id``, status ``finished``) is skipped unless
+   ``force``; its runs.csv row is restored if missing.
+3. Otherwise the run folder is created and locked against a second process running the same
+   run. An unfinished (running, interrupted, failed) run with a checkpoint resumes from it;
+   ``force``, a diverged run or no checkpoint start from scratch.
+4. Epochs run (:mod:`fabench.train.epochs`); the result is recorded as ``finished``,
+   ``diverged`` (non-finite loss: a result, not a crash) or ``interrupted`` (Ctrl-C/SIGTERM,
+   resumable). Any other exception is recorded as ``failed`` and re-raised.
+
+``run`` draws nothing; progress goes to ``on_event`` (see :mod:`fabench.train.display`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabench.errors import FabenchError
+from fabench.train import distributed
+from fabench.train.checkpoint import Progress, load_checkpoint, restore_training
+from fabench.train.config import RunConfig
+from fabench.train.device import numerics
+from fabench.train.epochs import Emit, call_hooks, run_epochs
+from fabench.train.hooks import epoch_hooks
+from fabench.train.records import (
+    CHECKPOINT,
+    CURVES,
+    MANIFEST,
+    RUN_LOCK,
+    read_manifest,
+    upsert_run_row,
+)
+from fabench.train.run_record import manifest_row
+from fabench.train.session import Session, build_session, preflight
+
+#: Statuses from which a run continues from its checkpoint rather than starting again
+#: ("running": the process died; "failed": an exception, e.g. out of memory, after the last
+#: checkpoint). A diverged run starts again: its checkpoint would only lead to the same NaN.
+RESUMABLE = ("running", "interrupted", "failed")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class RunResult:
+    """What became of a run: its status, folder and runs.csv row; ``skipped`` if already done."""
+
+    status: str
+    run_dir: Path
+    row: dict
+    skipped: bool = False
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.results_dir) / config.task / config.run_id
+
+
+def _finished_manifest(run_dir: Path) -> dict | None:
+    manifest = read_manifest(run_dir)
+    return manifest if manifest and manifest.get("status") == "finished" else None
+
+
+def _skip(manifest: dict, config: RunConfig, run_dir: Path, emit: Emit) -> RunResult:
+    """Report an identical finished run instead of rerunning it; make sure its row exists."""
+    row = manifest_row(manifest)
+    if distributed.is_main():  # DDP: only rank 0 writes
+        upsert_run_row(Path(config.results_dir), row)
+    emit({"kind": "end", "run_id": config.run_id, "status": "finished", "skipped": True, "row": row,
+          "run_dir": str(run_dir), "message": f"[{config.run_id}] already finished in {run_dir}; --force reruns it"})
+    return RunResult("finished", run_dir, row, skipped=True)
+
+
+def _start_or_resume(session: Session, run_dir: Path, force: bool) -> tuple[Progress, bool]:
+    """Progress from the run's checkpoint if it should resume, else a clean folder and fresh Progress."""
+    manifest = read_manifest(run_dir)
+    resumable = manifest is None or manifest.get("status") in RESUMABLE
+    if distributed.agree(not force and resumable and (run_dir / CHECKPOINT).is_file()):  # DDP: rank 0 decides
+        payload = load_checkpoint(run_dir / CHECKPOINT, session.config.run_id)
+        t = session.trainer
+        progress = restore_training(payload, model=session.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                                    scaler=t.scaler, data_generator=session.generator)
+        return progress, True
+    for name in (CHECKPOINT, CURVES, MANIFEST) if distributed.is_main() else ():  # DDP: only rank 0 writes
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+    return Progress(), False
+
+
+def _train(session: Session, run_dir: Path, force: bool, emit: Emit) -> RunResult:
+    """Steps 3-4 for a built session, inside the run folder's lock."""
+    config = session.config
+    progress, resumed = _start_or_resume(session, run_dir, force)
+    if resumed:  # DDP: every rank loaded last.pt; they must now hold the same state
+        distributed.check_replicas(session, "after loading the checkpoint")
+    records = distributed.records(session, run_dir)  # DDP: rank 0 writes, other ranks write nothing
+    records.begin(progress, resumed)
+    hooks = epoch_hooks(config)
+    emit({"kind": "start", "run_id": config.run_id, "task": config.task, "rule": config.rule, "arch": config.arch,
+          "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs, "start_epoch": progress.epoch,
+          "start_step": progress.step_in_epoch, "steps_per_epoch": session.data.steps_per_epoch,
+          "device": str(session.device), "run_dir": str(run_dir), "resumed": resumed})
+    with distributed.stop_on_signals(session.device) as stop:  # DDP: all ranks stop after the same step
+        try:
+            if not resumed:
+                call_hooks(hooks, session, records, progress)
+            status, error = run_epochs(session, progress, records, stop, emit, hooks)
+        except Exception as err:
+            records.finish("failed", progress, f"{type(err).__name__}: {err}"[:500])
+            raise
+        row = records.finish(status, progress, error)
+    message = f"[{config.run_id}] {status}" + (f": {error}" if error else "") + f"; records in {run_dir}"
+    if status == "interrupted":
+        message += "; rerun the same command to resume"
+    emit({"kind": "end", "run_id": config.run_id, "status": status, "skipped": False, "row": row,
+          "run_dir": str(run_dir), "message": message})
+    return RunResult(status, run_dir, row)
+
+
+def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None) -> RunResult:
+    """Train one run described by ``config`` and record it under ``config.results_dir``."""
+    config = dataclasses.replace(config)
+    distributed.join(config)  # DDP: under torchrun/srun, join the other processes; sets this rank's device
+    emit = (on_event if distributed.is_main() else None) or (lambda event: None)  # DDP: rank 0 reports
+    if not TASK_NAME.fullmatch(config.task):
+        raise FabenchError(f"task name '{config.task}' must be letters, digits, '.', '_' or '-' (it names a folder)")
+    device = preflight(config)
+    run_dir = run_dir_of(config)
+    if not force and (done := distributed.agree(_finished_manifest(run_dir))):  # DDP: rank 0's view
+        return _skip(done, config, run_dir, emit)
+    with numerics(config.deterministic):
+        session = distributed.wrap(build_session(config, device))  # DDP: check replicas, shard data, wrap
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with distributed.main_lock(run_dir / RUN_LOCK) as mine:  # DDP: rank 0 holds the lock for all
+            if not mine:
+                raise FabenchError(f"run {config.run_id} is being trained by another process ({run_dir})")
+            if not force and (done := distributed.agree(_finished_manifest(run_dir))):
+                return _skip(done, config, run_dir, emit)
+            return _train(session, run_dir, force, emit)

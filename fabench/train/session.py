@@ -1,0 +1,109 @@
+"""Checking a config and building everything a run needs, before anything is written.
+
+:func:`preflight` checks names and values (cheap, nothing is built); :func:`build_session`
+then loads the data and builds the model, its rule, the optimizer and the schedule. Both may
+raise :class:`FabenchError`; neither touches the results folder, so a bad input leaves no trace.
+
+Seeds: ``config.seed`` seeds torch's global generator right before the model is built (its
+initial weights), the rule's feedback draws (``apply(seed=...)``) and the run's data generator
+(epoch order and augmentation). The training subset (``--subset``) is chosen with seed 0
+whatever ``config.seed`` is, so the seeds of a comparison vary the initialisation, feedback
+and order, not which images are trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fabench.train.batches import RunData
+from fabench.train.config import RunConfig
+from fabench.train.device import check_amp, make_grad_scaler, resolve_device
+from fabench.train.loop import Trainer
+from fabench.train.optim import build_optimizer, build_scheduler, check_optimization
+from fabench.train.records import check_results_dir
+
+SUBSET_SEED = 0
+
+
+def preflight(config: RunConfig) -> torch.device:
+    """Validate ``config`` without building anything; return the device it will run on."""
+    from fabench.archs import check_arch
+    from fabench.data import check_dataset
+    from fabench.diagnostics import parse_diagnostics
+    from fabench.rules import parse_rule
+
+    config.validate()
+    parse_diagnostics(config.diagnostics)
+    check_optimization(config)
+    check_arch(config.arch)
+    check_dataset(config.dataset)
+    parse_rule(config.rule)
+    device = resolve_device(config.device)
+    check_amp(config.amp, device)
+    check_results_dir(Path(config.results_dir))
+    return device
+
+
+@dataclass
+class Session:
+    """A run's built objects. ``model`` is the plain module (checkpoints); ``trainer.model``
+    may be its compiled form."""
+
+    config: RunConfig
+    device: torch.device
+    data: RunData
+    model: torch.nn.Module
+    handle: Any
+    arch_source: str
+    trainer: Trainer
+    generator: torch.Generator
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_data(config: RunConfig):
+    """The run's dataset at the size its architecture wants."""
+    from fabench.archs import default_image_size
+    from fabench.data import load_dataset
+
+    image_size = config.image_size or default_image_size(config.arch, config.dataset)
+    return load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset,
+                        seed=SUBSET_SEED, image_size=image_size)
+
+
+def build_model(config: RunConfig, dataset, device: torch.device):
+    """The architecture with the rule attached, on ``device``: ``(model, handle, source)``."""
+    from fabench.archs import create_model
+    from fabench.rules import apply
+
+    torch.manual_seed(config.seed)
+    model, source = create_model(config.arch, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
+                                 image_size=dataset.image_size)
+    handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude),
+                   scale=config.feedback_scale, init=config.feedback_init)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    model.to(device=device, memory_format=memory_format)
+    return model, handle, source
+
+
+def build_session(config: RunConfig, device: torch.device) -> Session:
+    """Load data, build model, rule, optimizer, schedule; raise FabenchError on bad input."""
+    dataset = load_data(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    data = RunData(dataset, device, generator=generator, batch_size=config.batch_size,
+                   workers=config.workers, channels_last=config.channels_last)
+    data.check_batch_size()
+    model, handle, source = build_model(config, dataset, device)
+    optimizer = build_optimizer(model, config)
+    handle.attach_optimizer(optimizer)
+    scheduler = build_scheduler(optimizer, config, data.steps_per_epoch)
+    forward = torch.compile(model) if config.compile else model
+    trainer = Trainer(forward, optimizer, scheduler, make_grad_scaler(config.amp, device), device,
+                      amp=config.amp, label_smoothing=config.label_smoothing)
+    return Session(config, device, data, model, handle, source, trainer, generator)
