@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fabench grid smoke --no-progress
+	$(PY) -m fabench grid smoke --workers 2 --no-progress
 	$(PY) -m fabench table --task smoke
 
 test: $(STAMP)
 	$(PY) -m ruff check fabench tests
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check fabench tests
