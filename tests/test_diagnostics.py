@@ -196,8 +196,9 @@ def paired_runs(tmp_path_factory, tiny_cifar):
     tmp_path = tmp_path_factory.mktemp("paired")
     hook_module.PROBE_IMAGES, saved = PROBE, hook_module.PROBE_IMAGES
     try:
-        plain = run(tiny_config(tmp_path, tiny_cifar, rule="fa-brsf", diagnostics="off"))
-        probed = run(tiny_config(tmp_path, tiny_cifar, rule="fa-brsf", diagnostics="3"))
+        # separate results folders: diagnostics do not change the result, so both share a run_id
+        plain = run(tiny_config(tmp_path / "plain", tiny_cifar, rule="fa-brsf", diagnostics="off"))
+        probed = run(tiny_config(tmp_path / "probed", tiny_cifar, rule="fa-brsf", diagnostics="3"))
     finally:
         hook_module.PROBE_IMAGES = saved
     assert plain.status == probed.status == "finished"
