@@ -154,11 +154,32 @@ def grid(
     force: Annotated[bool, typer.Option(help="Rerun cells that already finished.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of a progress bar.")] = False,
     tasks_dir: TasksDirOption = None,
+    launcher: Annotated[str, typer.Option(help="local (worker processes here) or submitit (a SLURM job array; pip install 'fabench\\[slurm]').")] = "local",
+    slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition of the array's jobs.", rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_time: Annotated[str | None, typer.Option(help="Time limit per cell: minutes or a SLURM time such as 4:00:00 or 1-00:00:00 (default 4:00:00).", rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_gpus_per_cell: Annotated[int | None, typer.Option(help="GPUs per cell, one DDP process each (0: CPU-only cells) (default 1).", min=0, rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_cpus_per_task: Annotated[int | None, typer.Option(help="CPUs per process (per GPU) (default: the cluster's).", min=1, rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_array_parallelism: Annotated[int | None, typer.Option(help="Most cells running at once (default 16).", min=1, rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_folder: Annotated[Path | None, typer.Option(help="submitit's folder of scripts, logs and pickles (%A: the array job id) (default RESULTS_DIR/submitit/%A).", rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_extra: Annotated[list[str] | None, typer.Option(help="Any other sbatch option as KEY=VALUE, e.g. account=proj, qos=high (repeatable).", rich_help_panel="SLURM (--launcher submitit)")] = None,
+    slurm_wait: Annotated[bool, typer.Option("--slurm-wait", help="Wait for the array to finish and print the grid summary.", rich_help_panel="SLURM (--launcher submitit)")] = False,
 ) -> None:
     """Run a task's grid of cells (rules x archs x datasets x seeds), skipping finished ones."""
+    from fabench.errors import FabenchError
     from fabench.tasks import load_task, select_cells, task_dirs
     from fabench.tasks.grid import GridOptions, dry_run_report, parse_gpus, run_grid
+    from fabench.tasks.submit import check_launcher
 
+    check_launcher(launcher)
+    slurm = {"partition": slurm_partition, "time": slurm_time, "gpus_per_cell": slurm_gpus_per_cell,
+             "cpus_per_task": slurm_cpus_per_task, "array_parallelism": slurm_array_parallelism,
+             "folder": slurm_folder, "extra": slurm_extra, "wait": slurm_wait or None}
+    slurm = {key: value for key, value in slurm.items() if value is not None}
+    if launcher == "local" and slurm:
+        raise FabenchError(f"--slurm-{next(iter(slurm)).replace('_', '-')} needs --launcher submitit")
+    if launcher != "local" and gpus:
+        raise FabenchError("--gpus places local workers; with --launcher submitit use --slurm-gpus-per-cell")
+    slurm_options = _slurm_options(slurm, results_dir) if launcher != "local" else None
     loaded = load_task(task, task_dirs(tasks_dir))
     gpu_ids = parse_gpus(gpus)
     placement = {"results_dir": str(results_dir), "data_dir": str(data_dir), "device": "cuda" if gpu_ids else device, "progress": False}
@@ -169,8 +190,25 @@ def grid(
     if dry_run:
         dry_run_report(loaded, cells, results_dir, force=force)
         return
-    options = GridOptions(workers=workers, gpus=gpu_ids, per_gpu=per_gpu, force=force,
-                          progress=not no_progress and sys.stderr.isatty())
-    summary = run_grid(loaded, cells, results_dir, options)
+    if launcher != "local":
+        from fabench.tasks.submit import submit_grid
+
+        summary = submit_grid(loaded, cells, results_dir, slurm_options, launcher=launcher, force=force)
+    else:
+        options = GridOptions(workers=workers, gpus=gpu_ids, per_gpu=per_gpu, force=force,
+                              progress=not no_progress and sys.stderr.isatty())
+        summary = run_grid(loaded, cells, results_dir, options)
     if summary.failed or summary.interrupted:
         raise SystemExit(130 if summary.interrupted else 1)
+
+
+def _slurm_options(given: dict, results_dir: Path):
+    """The ``--slurm-*`` options given, checked, with defaults for the rest (fabench.tasks.submit)."""
+    from fabench.tasks.submit import SlurmOptions, parse_extra, parse_slurm_time
+
+    values = dict(given)
+    if "time" in values:
+        values["time_min"] = parse_slurm_time(values.pop("time"))
+    values["extra"] = parse_extra(values.get("extra"))
+    values.setdefault("folder", results_dir / "submitit" / "%A")
+    return SlurmOptions(**values)
