@@ -5,3 +5,6 @@ from fabench.cli import ls
 from fabench.cli import bench, bench_rules
 from fabench.cli import ls_data
 from fabench.cli import tasks_cmd, report_cmd
+from fabench.cli import run_cmd, bench_loop
+from fabench.cli import bench_probe
+from fabench.cli import bench_feedback

@@ -13,6 +13,7 @@ from fabench.errors import FabenchError
 from fabench.rules import _init, _layers, _modifiers
 from fabench.rules._feedback import feedback_tensor
 from fabench.rules._spec import RuleSpec, parse_rule
+from fabench.rules._tiles import parse_feedback_memory
 
 SN_NORMS = ("fro", "spectral")
 
@@ -62,7 +63,8 @@ def _register_buffers(module: nn.Module, name: str, spec: RuleSpec, kind: str, o
     """Create the fixed tensors this layer's rule and modifiers need, seeded by its name."""
     weight = module.weight.detach()
     std = _std(weight, kind, options)
-    purpose = spec.base.name if spec.base.name != "fa-usf-init" else "fa"
+    # fa-usf-init's magnitudes and dense-fa's Linear feedback are fa's own draws
+    purpose = "fa" if spec.base.name in ("fa-usf-init", "dense-fa") else spec.base.name
     if kind == "fixed":
         module.register_buffer("feedback_weight", _init.draw_normal(weight, std, seed, name, purpose))
     elif kind == "magnitude":
@@ -136,7 +138,8 @@ class FeedbackHandle:
 
 
 def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: float | None = None,
-          init: str = "auto", sn_norm: str = "fro", ei_mode: str = "zero") -> FeedbackHandle:
+          init: str = "auto", sn_norm: str = "fro", ei_mode: str = "zero", feedback_memory: str = "auto",
+          input_shape: tuple[int, ...] | None = None) -> FeedbackHandle:
     """Attach feedback ``rule`` (e.g. ``"fa-usf-sn+const"``) to every Conv2d/Linear of ``model``.
 
     ``exclude``: fnmatch patterns of module names left on exact backprop. ``scale``: the
@@ -147,9 +150,18 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
     what Lance & Kieu's code uses) or ``spectral`` (what their text says). ``ei_mode``:
     ``zero`` leaves a weight whose update would flip its sign at 0, ``keep-sign`` at a tiny
     value of its original sign.
+
+    ``dfa``, ``dfa-conv`` and ``dense-fa`` hold one fixed random matrix per layer
+    (:mod:`fabench.rules._direct`). ``feedback_memory`` (``auto``, ``materialised``, ``tiled``
+    or a size such as ``512MB``) decides whether they are held or redrawn in tiles during
+    backward; ``input_shape`` (e.g. ``(3, 224, 224)``) lets that plan be made at once, by a
+    batch-1 probe forward, instead of at the first training forward.
     """
+    from fabench.rules import _direct  # imports this module: FeedbackHandle is its base class
+
     spec = parse_rule(rule)
     options = RuleOptions(scale, init, sn_norm, ei_mode).validate()
+    memory = parse_feedback_memory(feedback_memory)
     layers = covered_layers(model, exclude)
     if not layers:
         raise FabenchError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer a rule could act on "
@@ -159,8 +171,12 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
         raise FabenchError(f"layer '{attached[0]}' already carries a rule; call handle.remove() first")
     kind = _kind_for(spec, options)
     for name, module in layers.items():
-        _register_buffers(module, name, spec, kind, options, seed)
-        layer_rule = _layers.LayerRule(kind, "ei" in spec.modifiers, _layers.uses_own_forward(module))
+        layer_kind = _direct.layer_kind(kind, module)
+        _register_buffers(module, name, spec, layer_kind, options, seed)
+        layer_rule = _layers.LayerRule(layer_kind, "ei" in spec.modifiers, _layers.uses_own_forward(module))
         _layers.install_forward(module, name, layer_rule)
     excluded = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in layers]
+    if kind in _direct.DIRECT_KINDS:
+        handle_args = {"spec": spec, "options": options, "seed": seed, "layers": layers, "excluded": excluded}
+        return _direct.attach(model, handle_args, kind, memory, input_shape)
     return FeedbackHandle(spec, options, seed, layers, excluded)

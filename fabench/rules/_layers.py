@@ -11,6 +11,10 @@ Subclasses that override ``forward`` (timm's ``Conv2dSame``, ``StdConv2d``,
 and routes that call through B, so the rule acts on the weight tensor the convolution really
 uses (for weight-standardised convs, the standardised weight). A subclass whose forward does
 not make exactly one such call is refused with an error naming the layer.
+
+Rules that replace δx wholesale (``dfa``, ``dense-fa``: :mod:`fabench.rules._direct`) put a
+feedback object on the layer (attribute ``_fabench_direct``); the same forwards then route the
+call through that object's own autograd function instead of through B.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ KIND_BUFFER = {"fixed": "feedback_weight", "usf": "feedback_scale", "magnitude":
                "brsf": "feedback_scale", "sn": None, "sn-spectral": None}
 SIGN_BUFFER = "feedback_sign"
 NORM_BUFFER = "feedback_norm0"
-ALL_BUFFERS = ("feedback_weight", "feedback_scale", "feedback_magnitude", SIGN_BUFFER, NORM_BUFFER)
+MATRIX_BUFFER = "feedback_matrix"
+ALL_BUFFERS = ("feedback_weight", "feedback_scale", "feedback_magnitude", SIGN_BUFFER, NORM_BUFFER, MATRIX_BUFFER)
+#: Attribute holding a direct-feedback rule's per-layer object (see fabench.rules._direct).
+DIRECT_ATTR = "_fabench_direct"
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,6 @@ def _same_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tup
 def feedback_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """nn.Conv2d's forward with δx routed through the layer's feedback tensor."""
     rule: LayerRule = self._fabench_rule
-    buffer, sign = layer_buffers(self, rule)
     if self.padding_mode != "zeros":
         x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         padding = (0, 0)
@@ -83,15 +89,30 @@ def feedback_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         padding = (0, 0)
     else:
         padding = self.padding
-    return FeedbackConv2d.apply(x, self.weight, self.bias, buffer, sign, rule.kind,
-                                self.stride, padding, self.dilation, self.groups)
+    return conv_function(self, rule, x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def feedback_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear's forward with δx routed through the layer's feedback tensor."""
-    rule: LayerRule = self._fabench_rule
-    buffer, sign = layer_buffers(self, rule)
-    return FeedbackLinear.apply(x, self.weight, self.bias, buffer, sign, rule.kind)
+    return linear_function(self, self._fabench_rule, x, self.weight, self.bias)
+
+
+def conv_function(module: nn.Module, rule: LayerRule, x, weight, bias, stride, padding, dilation, groups):
+    """One conv call with the rule's δx: through B, or through a direct-feedback layer object."""
+    direct = module.__dict__.get(DIRECT_ATTR)
+    if direct is not None:
+        return direct.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    buffer, sign = layer_buffers(module, rule)
+    return FeedbackConv2d.apply(x, weight, bias, buffer, sign, rule.kind, stride, padding, dilation, groups)
+
+
+def linear_function(module: nn.Module, rule: LayerRule, x, weight, bias):
+    """One linear call with the rule's δx: through B, or through a direct-feedback layer object."""
+    direct = module.__dict__.get(DIRECT_ATTR)
+    if direct is not None:
+        return direct.linear(x, weight, bias)
+    buffer, sign = layer_buffers(module, rule)
+    return FeedbackLinear.apply(x, weight, bias, buffer, sign, rule.kind)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -100,7 +121,6 @@ def _pair(value) -> tuple[int, int]:
 
 def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Route one intercepted ``conv2d(...)`` call through B, normalising its arguments."""
-    buffer, sign = layer_buffers(module, rule)
     stride, dilation = _pair(stride), _pair(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -109,12 +129,11 @@ def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=
             padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, weight.shape[2:], strict=False))
         else:
             raise FabenchError(f"layer calls conv2d with padding='{padding}' and an even kernel; not supported")
-    return FeedbackConv2d.apply(x, weight, bias, buffer, sign, rule.kind, stride, _pair(padding), dilation, groups)
+    return conv_function(module, rule, x, weight, bias, stride, _pair(padding), dilation, groups)
 
 
 def _linear_call(module: nn.Module, rule: LayerRule, x, weight, bias=None):
-    buffer, sign = layer_buffers(module, rule)
-    return FeedbackLinear.apply(x, weight, bias, buffer, sign, rule.kind)
+    return linear_function(module, rule, x, weight, bias)
 
 
 _CONV_FUNCS = {F.conv2d, torch.conv2d}
@@ -166,7 +185,7 @@ def install_forward(module: nn.Module, name: str, rule: LayerRule) -> None:
 
 def uninstall(module: nn.Module) -> None:
     """Remove everything :func:`install_forward` and the buffers added; the class forward is back."""
-    for attr in ("forward", "_fabench_rule", "_fabench_name"):
+    for attr in ("forward", "_fabench_rule", "_fabench_name", DIRECT_ATTR):
         module.__dict__.pop(attr, None)
     for name in ALL_BUFFERS:
         module._buffers.pop(name, None)

@@ -55,6 +55,9 @@ _define("fa-usf-init", "magnitude", "sign-concordant with fixed random magnitude
 _define("fa-usf-sn", "sn", "sign-concordant, norm-matched: B = sign(W_t)·‖W_t‖/‖sign(W_t)‖ (the paper's 'SN') [2nd]")
 _define("fa-frsf", "magnitude", "fixed random-magnitude sign-concordant feedback: B = |M| ⊙ sign(W_t) [lit, Liao et al. 2016]")
 _define("fa-brsf", "brsf", "batchwise random-magnitude sign-concordant: B = |M_t| ⊙ sign(W_t), M_t redrawn every step [lit, Liao et al. 2016]")
+_define("dfa", "dfa", "direct feedback alignment: each layer's δx = D_l e, e = ∂L/∂logits, D_l fixed random [lit, Nøkland 2016]")
+_define("dfa-conv", "dfa-conv", "DFA whose conv feedback is a random [classes × C_in × k × k] kernel shared across positions (BioTorch's DFA) [2nd]")
+_define("dense-fa", "dense", "FA whose conv feedback is a dense fixed random [d_out × d_in] matrix, no weight sharing [inf]")
 
 
 def list_rules(pattern: str = "*") -> dict[str, str]:

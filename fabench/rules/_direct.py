@@ -1,0 +1,448 @@
+"""Rules that replace a layer's δx wholesale: ``dfa``, ``dfa-conv`` and ``dense-fa``.
+
+The FA family forms δx by a weight-shared transposed convolution with B (``_functions``).
+These rules form it otherwise, from a fixed random matrix per layer (:mod:`._tiles`):
+
+- ``dfa``: δx = D_l e, ``e = ∂L/∂logits`` (caught as :mod:`._dfa` explains), ``D_l`` of shape
+  ``[d_in, classes]`` with ``d_in`` the layer's input size per sample (C·H·W for a conv);
+- ``dfa-conv``: DFA whose conv feedback is a random kernel ``[classes, C_in, k_h, k_w]`` shared
+  across positions (BioTorch's DFA conv layer, see :class:`StructuredDFA`):
+  ``classes·C_in·k²`` numbers per layer instead of ``classes·C_in·H·W``; Linear layers get
+  dense ``dfa`` matrices;
+- ``dense-fa``: a conv's δx = Bᵀ δy with a dense ``[d_out, d_in]`` B over the flattened maps
+  (no weight sharing); its Linear layers are exactly ``fa`` (same draws).
+
+Which δx is replaced: every covered layer's, each from its own matrix, so each layer's input
+receives ``D_l e``; the nonlinearity, BatchNorm, pooling and residual additions between layers
+keep their exact gradients, and the weight gradient of every layer is the usual one from the δy
+that reaches it. A tensor read by several covered layers (a residual block's input feeds conv1
+and the shortcut conv) receives the sum of their ``D_l e``, plus what reaches it along uncovered
+paths (the identity shortcut), as autograd sums any tensor's gradients. The output layer
+receives e itself as its δy. The first layer's δx would go to the input image, which needs no
+gradient: autograd does not ask for it, and no matrix is drawn (a layer whose input needs no
+gradient at the first training step is left out of the plan).
+
+Scale: each matrix is treated as the weight of a Linear layer (``[classes, d_in]`` for dfa,
+``[d_out, d_in]`` for dense-fa) and drawn with ``apply``'s ``init`` (``auto`` = ``kaiming``,
+std = sqrt(2/d_in), as ``fa``) unless ``scale`` gives the std. Then ‖D_l e‖² ≈ 2‖e‖²: every
+layer's error has the output error's size, as ``fa`` keeps ‖δx‖ ≈ √2‖δy‖. ``dfa-conv``'s
+kernel counts as fan-in the (position, tap) pairs its transposed conv sums, so its δx has the
+same expected size as ``dfa``'s.
+
+Memory: the matrices' shapes are known only once a forward has shown the feature-map sizes. The
+*plan* (which form to use, how many bytes the matrices take) is made at the first forward with
+gradients enabled, or at once when ``apply`` is given ``input_shape`` (it then runs one
+batch-1 probe forward in eval mode). The form follows ``feedback_memory`` (:class:`MemoryPolicy`):
+*materialised* matrices are drawn at their first backward and held as non-persistent buffers
+(they are reproducible from the seed, so checkpoints do not carry gigabytes of them);
+*tiled* matrices are redrawn tile by tile inside every backward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fabench.errors import FabenchError
+from fabench.rules import _dfa, _init, _tiles
+from fabench.rules._apply import FeedbackHandle
+from fabench.rules._functions import _autocast_dtype, _cast
+from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
+from fabench.rules._tiles import MemoryPolicy, RandomMatrix
+
+#: Rule kinds served here; a Linear layer may map to another kind (see :func:`layer_kind`).
+DIRECT_KINDS = ("dfa", "dfa-conv", "dense")
+#: Root-model attribute holding the handle's :class:`DirectState`. The root hooks look it up
+#: there (not in a closure), so a deep copy of the model carries a consistent copy of it.
+STATE_ATTR = "_fabench_direct_state"
+
+
+def layer_kind(kind: str, module: nn.Module) -> str:
+    """The kind one layer gets: dense-fa's Linear layers are plain ``fa``; dfa-conv's are ``dfa``."""
+    if isinstance(module, nn.Linear) and kind == "dense":
+        return "fixed"
+    if isinstance(module, nn.Linear) and kind == "dfa-conv":
+        return "dfa"
+    return kind
+
+
+def _virtual_std(weight_shape: tuple[int, int], module: nn.Module, scale: float | None, init: str) -> float:
+    """Std of a matrix viewed as a Linear weight ``[fan_out, fan_in]``, under ``init``."""
+    if scale is not None:
+        return scale
+    if init == "weight":
+        return _init.init_std(module.weight, "weight")
+    return _init.init_std(torch.empty(weight_shape, device="meta"), "kaiming" if init == "auto" else init)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            return int(re.search(r"MemAvailable:\s+(\d+)", info.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+@dataclass
+class DirectState:
+    """What the layers of one handle share: the memory policy, the plan and the open error slot."""
+
+    rule: str
+    model_type: str
+    policy: MemoryPolicy
+    captures_error: bool
+    form: str | None = None
+    num_classes: int | None = None
+    slot: _dfa.ErrorSlot | None = None
+    feedbacks: dict[str, LayerFeedback] = field(default_factory=dict)
+
+    def planned(self) -> list[LayerFeedback]:
+        """Layers with a matrix in the plan: seen in training, with an input that needs a gradient."""
+        return [fb for fb in self.feedbacks.values() if fb.in_shape is not None and fb.input_needs_grad]
+
+    def matrix_bytes(self) -> int:
+        """Bytes all planned matrices take when materialised (computed, never allocated)."""
+        return sum(fb.matrix().nbytes(fb.module.weight.element_size()) for fb in self.planned())
+
+    def plan(self, output) -> None:
+        """Decide the form from the matrices' total size, once the layers have shown their shapes.
+
+        Called after a forward with gradients; a forward in which no covered layer ran through
+        its feedback (e.g. inside ``handle.exact_backprop()``) shows nothing and decides nothing.
+        """
+        if not any(fb.in_shape is not None for fb in self.feedbacks.values()):
+            return
+        if self.captures_error:
+            self.num_classes = _dfa.check_logits(output, self.model_type).shape[1]
+        self.form = self.policy.form_for(self.matrix_bytes())
+
+
+class LayerFeedback:
+    """One layer's replaced δx: its shapes as training shows them, its matrix, its product."""
+
+    purpose = "abstract"
+
+    def __init__(self, name: str, module: nn.Module, state: DirectState, seed: int,
+                 scale: float | None, init: str) -> None:
+        self.name, self.module, self.state = name, module, state
+        self.seed, self.scale, self.init = seed, scale, init
+        self.in_shape: tuple[int, ...] | None = None
+        self.out_shape: tuple[int, ...] | None = None
+        self.input_needs_grad = False
+        self._matrix: RandomMatrix | None = None
+
+    # -- forward side -------------------------------------------------------------------
+    def observe(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Record per-sample shapes at the first forward with gradients (the plan needs them)."""
+        if self.in_shape is None and torch.is_grad_enabled():
+            self.in_shape, self.out_shape = tuple(x.shape[1:]), tuple(out.shape[1:])
+            self.input_needs_grad = x.requires_grad
+
+    def conv2d(self, x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+        """The layer's conv call, with δx from this feedback (called by the engine's layer forward)."""
+        out = DirectConv2d.apply(x, weight, bias, self, self.state.slot, stride, padding, dilation, groups)
+        self.observe(x, out)
+        return out
+
+    def linear(self, x, weight, bias) -> torch.Tensor:
+        """The layer's linear call, with δx from this feedback (called by the engine's layer forward)."""
+        out = DirectLinear.apply(x, weight, bias, self, self.state.slot)
+        self.observe(x, out)
+        return out
+
+    # -- the matrix ---------------------------------------------------------------------
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of this layer's fixed matrix, from the shapes training showed."""
+        raise NotImplementedError
+
+    def matrix(self) -> RandomMatrix:
+        """This layer's fixed matrix (its definition; drawing it is :meth:`held`'s or the tiles')."""
+        if self._matrix is None:
+            if self.in_shape is None:
+                raise FabenchError(f"layer '{self.name}' has not run a training forward yet; its "
+                                   f"{self.state.rule} feedback shape is unknown")
+            rows, cols = self.matrix_shape()
+            std = _virtual_std(self.virtual_weight_shape(), self.module, self.scale, self.init)
+            self._matrix = RandomMatrix(self.seed, self.name, self.purpose, rows, cols, std)
+        return self._matrix
+
+    def virtual_weight_shape(self) -> tuple[int, int]:
+        """The ``[fan_out, fan_in]`` Linear weight whose init gives the matrix's std."""
+        raise NotImplementedError
+
+    def held(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """The materialised matrix (drawn at first use), or None when the plan says tiled."""
+        if self.state.form != "materialised":
+            return None
+        buffer = self.module._buffers.get(MATRIX_BUFFER)
+        if buffer is None:
+            matrix = self.matrix()
+            need, free = matrix.nbytes(torch.finfo(dtype).bits // 8), _available_bytes(device)
+            if free is not None and need > free:
+                raise FabenchError(f"{self.state.rule}: layer '{self.name}' needs {need / 2**20:.0f} MiB of feedback "
+                                   f"matrix but {free / 2**20:.0f} MiB is free on {device}; use feedback_memory=tiled")
+            buffer = matrix.materialise(device=device, dtype=dtype)
+            self.module.register_buffer(MATRIX_BUFFER, buffer, persistent=False)
+        return buffer.to(device=device, dtype=dtype)
+
+    # -- backward side ------------------------------------------------------------------
+    def check_shape(self, x: torch.Tensor) -> None:
+        """Refuse an input whose per-sample shape differs from the one the matrix was planned for."""
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise FabenchError(f"layer '{self.name}' was planned for inputs of shape {self.in_shape} per sample and "
+                               f"now gets {tuple(x.shape[1:])}: {self.state.rule}'s matrices are fixed to the "
+                               "sizes of the first training step; keep the image size fixed while training")
+
+    def input_grad(self, grad_out: torch.Tensor, x: torch.Tensor, slot, geometry=None) -> torch.Tensor:
+        """δx for input ``x`` given δy, the error slot and the conv's (stride, padding, dilation, groups)."""
+        raise NotImplementedError
+
+    def product_flops(self, batch: int) -> float:
+        """FLOPs of one backward's feedback product at ``batch`` samples: one matmul with the matrix."""
+        return 2.0 * batch * self.matrix().numel
+
+    def compute_dtype(self) -> torch.dtype:
+        """The matrix's dtype: the layer weight's (float32 under autocast, as the weights are)."""
+        return self.module.weight.dtype
+
+
+class DenseDFA(LayerFeedback):
+    """``dfa``: δx = D e with D ``[d_in, classes]``."""
+
+    purpose = "dfa"
+
+    def matrix_shape(self):
+        return math.prod(self.in_shape), self.state.num_classes
+
+    def virtual_weight_shape(self):
+        return self.state.num_classes, math.prod(self.in_shape)
+
+    def input_grad(self, grad_out, x, slot, geometry=None):
+        self.check_shape(x)
+        error = _dfa.error_for(slot, self.name, x.shape[0])
+        dtype = self.compute_dtype()
+        flat = self.matrix().times_transposed(error.to(dtype), self.held(dtype, x.device))
+        return flat.view(x.shape)
+
+
+class StructuredDFA(LayerFeedback):
+    """``dfa-conv`` on a conv: a random kernel D ``[classes, C_in, k_h, k_w]`` shared across positions.
+
+    δx is the transposed convolution, with the layer's stride, padding and dilation, of D with
+    ``e`` repeated at every output position: BioTorch's DFA conv layer, whose published ``dfa``
+    numbers use this form. Computed without building that ``[batch, classes, H_out, W_out]``
+    map: ``T = e·D`` gives each sample's per-tap values ``[C_in, k_h, k_w]``, and a depthwise
+    transposed convolution of a map of ones with T sums, at every input position, the taps
+    that cover it. Same result, at the cost of a depthwise conv instead of a ``classes``-wide one.
+    Away from the borders every position of channel c receives the same value, ``e`` times the
+    sum of D's taps for c.
+    """
+
+    purpose = "dfa-conv"
+
+    def matrix_shape(self):
+        return self.state.num_classes, self.in_shape[0] * math.prod(self.module.kernel_size)
+
+    def virtual_weight_shape(self):
+        # fan-in: the (position, tap) pairs summed into δx, so that ‖δx‖² ≈ 2‖e‖² as for dfa
+        return self.state.num_classes, self.matrix_shape()[1] * math.prod(self.out_shape[1:])
+
+    def product_flops(self, batch: int) -> float:
+        """The taps' matmul plus the depthwise transposed conv that spreads them over the map."""
+        return super().product_flops(batch) + 2.0 * batch * self.matrix().cols * math.prod(self.out_shape[1:])
+
+    def input_grad(self, grad_out, x, slot, geometry=None):
+        self.check_shape(x)
+        error = _dfa.error_for(slot, self.name, x.shape[0])
+        dtype = self.compute_dtype()
+        taps = self.matrix().times(error.to(dtype), self.held(dtype, x.device))
+        stride, padding, dilation, _ = geometry
+        maps = x.shape[0] * x.shape[1]
+        ones = torch.ones((), device=x.device, dtype=dtype).expand(1, maps, *grad_out.shape[2:])
+        grad = torch.nn.grad.conv2d_input((1, maps, *x.shape[2:]), taps.reshape(maps, 1, *self.module.kernel_size),
+                                          ones, stride, padding, dilation, maps)
+        return grad.view(x.shape)
+
+
+class DenseFA(LayerFeedback):
+    """``dense-fa`` on a conv: δx = Bᵀ δy over flattened maps, B ``[d_out, d_in]``."""
+
+    purpose = "dense-fa"
+
+    def matrix_shape(self):
+        return math.prod(self.out_shape), math.prod(self.in_shape)
+
+    def virtual_weight_shape(self):
+        return self.matrix_shape()
+
+    def input_grad(self, grad_out, x, slot, geometry=None):
+        self.check_shape(x)
+        dtype = self.compute_dtype()
+        flat = grad_out.reshape(grad_out.shape[0], -1).to(dtype)
+        return self.matrix().times(flat, self.held(dtype, x.device)).view(x.shape)
+
+
+_FEEDBACK_CLASSES = {"dfa": DenseDFA, "dfa-conv": StructuredDFA, "dense": DenseFA}
+
+
+class DirectConv2d(torch.autograd.Function):
+    """``F.conv2d`` forward; backward gives the usual ∂L/∂W, ∂L/∂b and δx from the layer's feedback."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, slot, stride, padding, dilation, groups):
+        dtype = _autocast_dtype(x.device.type)
+        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.conv2d(xc, wc, bc, stride, padding, dilation, groups)
+        ctx.save_for_backward(xc, weight)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        ctx.feedback, ctx.slot = feedback, slot
+        ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xc, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conf
+        need_w, need_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+        grad_x = grad_w = grad_b = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            if need_w or need_b:
+                _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                    grad_out, xc.to(grad_out.dtype), weight.to(grad_out.dtype),
+                    [weight.shape[0]] if has_bias else None,
+                    stride, padding, dilation, False, [0, 0], groups, [False, need_w, need_b],
+                )
+            if ctx.needs_input_grad[0]:
+                grad_x = ctx.feedback.input_grad(grad_out, xc, ctx.slot, ctx.conf[:4]).to(ctx.dtypes[0])
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(ctx.dtypes[1]) if grad_b is not None else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+class DirectLinear(torch.autograd.Function):
+    """``F.linear`` forward; backward gives the usual ∂L/∂W, ∂L/∂b and δx from the layer's feedback."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, slot):
+        dtype = _autocast_dtype(x.device.type)
+        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.linear(xc, wc, bc)
+        ctx.save_for_backward(xc, weight)
+        ctx.feedback, ctx.slot = feedback, slot
+        ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xc, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+            if ctx.needs_input_grad[1]:
+                grad_w = flat_grad.t().mm(xc.reshape(-1, xc.shape[-1]).to(grad_out.dtype)).to(weight.dtype)
+            if ctx.dtypes[1] is not None and ctx.needs_input_grad[2]:
+                grad_b = flat_grad.sum(0).to(ctx.dtypes[1])
+            if ctx.needs_input_grad[0]:
+                grad_x = ctx.feedback.input_grad(grad_out, xc, ctx.slot).to(ctx.dtypes[0])
+        return grad_x, grad_w, grad_b, None, None
+
+
+@dataclass
+class DirectHandle(FeedbackHandle):
+    """A :class:`FeedbackHandle` whose layers use fixed random matrices; ``describe`` adds the plan."""
+
+    state: DirectState | None = None
+    root: nn.Module | None = None
+
+    def remove(self) -> None:
+        """Plain backprop again: hooks, forwards, buffers and the root's shared state go."""
+        super().remove()
+        self.root.__dict__.pop(STATE_ATTR, None)
+
+    def feedback(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s fixed matrix, drawn whole (dfa ``[d_in, classes]``, dense-fa ``[d_out, d_in]``)."""
+        direct = self.layers[name].__dict__.get(DIRECT_ATTR)
+        if direct is None:
+            return super().feedback(name)
+        weight = self.layers[name].weight
+        return direct.matrix().materialise(device=weight.device, dtype=weight.dtype)
+
+    def describe(self) -> dict:
+        """The base summary plus which form ran and what the matrices take (see README)."""
+        summary = super().describe()
+        state = self.state
+        matrices = [fb.matrix() for fb in state.planned()] if state.form else []
+        summary.update(
+            feedback_form=state.form or "pending",
+            feedback_memory=state.policy.text,
+            feedback_matrices=len(matrices),
+            feedback_matrix_mib=round(state.matrix_bytes() / 2**20, 3) if state.form else None,
+            feedback_tile_mib=round(max((m.tile_rows * m.cols * 4 for m in matrices), default=0) / 2**20, 3),
+            tile_elements=_tiles.TILE_ELEMENTS,
+        )
+        return summary
+
+
+def _probe(model: nn.Module, input_shape) -> None:
+    """One batch-1 forward in eval mode with gradients on, so every layer shows its shapes."""
+    try:
+        param = next(model.parameters())
+    except StopIteration:
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def attach(model: nn.Module, handle_args: dict, kind: str, policy: MemoryPolicy, input_shape) -> DirectHandle:
+    """Give each covered layer its feedback object and the root model its hooks; plan if we can."""
+    options = handle_args["options"]
+    state = DirectState(handle_args["spec"].base.name, type(model).__name__, policy,
+                        captures_error=kind in ("dfa", "dfa-conv"))
+    for name, module in handle_args["layers"].items():
+        cls = _FEEDBACK_CLASSES.get(layer_kind(kind, module))
+        if cls is None:  # dense-fa's Linear layers: plain fa through FeedbackLinear
+            continue
+        feedback = cls(name, module, state, handle_args["seed"], options.scale, options.init)
+        state.feedbacks[name] = feedback
+        setattr(module, DIRECT_ATTR, feedback)
+    setattr(model, STATE_ATTR, state)
+    handle = DirectHandle(**handle_args, state=state, root=model)
+    handle._hooks += [model.register_forward_pre_hook(_open_slot), model.register_forward_hook(_after_forward)]
+    if input_shape is not None:
+        _probe(model, tuple(input_shape))
+    return handle
+
+
+def _open_slot(model: nn.Module, args) -> None:
+    """Root pre-hook: a fresh error slot for this forward pass (DFA rules only)."""
+    state = model.__dict__.get(STATE_ATTR)
+    if state is not None and state.captures_error and torch.is_grad_enabled():
+        state.slot = _dfa.ErrorSlot()
+
+
+def _after_forward(model: nn.Module, args, output):
+    """Root hook: plan at the first training forward; route the logits through CaptureError."""
+    state = model.__dict__.get(STATE_ATTR)
+    if state is None or not torch.is_grad_enabled():
+        return None
+    if state.form is None:
+        state.plan(output)
+    if state.captures_error:
+        return _dfa.CaptureError.apply(_dfa.check_logits(output, state.model_type), state.slot)
+    return None
