@@ -72,6 +72,7 @@ def run_command(
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels.", show_default="the architecture's, else the dataset's")] = None,
     feedback_scale: Annotated[float | None, typer.Option(help="Scale of random/sign feedback.", show_default="from --feedback-init")] = None,
     feedback_init: Annotated[str | None, typer.Option(help="auto, kaiming, xiao, xavier or weight.", show_default=_default("feedback_init"))] = None,
+    feedback_memory: Annotated[str | None, typer.Option(help="dfa/dense-fa matrices: auto, materialised, tiled or a budget like 512MB.", show_default=_default("feedback_memory"))] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Module-name patterns kept on exact backprop (repeat or comma-separate).")] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, fp16 (CUDA, with GradScaler) or off.", show_default=_default("amp"))] = None,
     channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout.")] = None,

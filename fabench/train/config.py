@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from fabench.errors import FabenchError
 
 #: Fields that do not change what is computed, hence excluded from ``run_id``.
-NON_IDENTITY_FIELDS = frozenset({"device", "data_dir", "results_dir", "workers", "progress", "diagnostics"})
+NON_IDENTITY_FIELDS = frozenset(
+    {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory"}
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "cosine")
@@ -91,6 +93,9 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise FabenchError(message)
+        from fabench.rules._tiles import parse_feedback_memory
+
+        parse_feedback_memory(self.feedback_memory)
         return self
 
     def identity(self) -> dict:

@@ -85,8 +85,11 @@ def build_model(config: RunConfig, dataset, device: torch.device):
     torch.manual_seed(config.seed)
     model, source = create_model(config.arch, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                                  image_size=dataset.image_size)
+    side = dataset.image_size or getattr(dataset, "native_size", None)
     handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude),
-                   scale=config.feedback_scale, init=config.feedback_init)
+                   scale=config.feedback_scale, init=config.feedback_init,
+                   feedback_memory=config.feedback_memory,
+                   input_shape=(dataset.in_chans, side, side) if side else None)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     model.to(device=device, memory_format=memory_format)
     return model, handle, source
