@@ -1,32 +1,54 @@
 """``fabench bench rules``: step time and peak memory of every rule as a ratio to backprop.
 
-Each round visits every rule (bp included) in a rotated order, attaching the rule to the same
-model, timing ``steps`` optimizer steps and removing it again, so slow drift of a shared
-machine falls on all rules alike. Reported: the median step time over all rounds, the peak
-memory one step needs beyond what is held before it (activations, gradients and the rule's
-transient B), and the persistent feedback state the rule holds (e.g. ``fa``'s B0). Inputs
-are random tensors of the requested shape: the benchmark measures the learning rule, not
+Time: each round visits every rule (bp included) in a rotated order, attaching the rule to the
+same model, timing ``steps`` optimizer steps and removing it again, so slow drift of a shared
+machine falls on all rules alike; the median over rounds is reported.
+
+Memory, per rule: the *step peak* (what one training step allocates at its peak beyond what was
+held before it: activations, gradients, the rule's transient B) and the *total peak* (the step
+peak plus the tensors held between steps: parameters, buffers including the rule's persistent
+feedback state, optimizer state), which is what ``torch.cuda.max_memory_allocated`` reports on
+a GPU. On the CPU the memory pass runs in a child process started with
+:data:`~fabench.bench.memory.STEADY_MALLOC_ENV`, so that the resident set follows live tensors
+there, while the timing pass keeps the allocator settings a real run has.
+
+Inputs are random tensors of the requested shape: the benchmark measures the learning rule, not
 data loading.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from fabench.bench.memory import step_peak_mib, tensor_mib
+from fabench.bench.memory import STEADY_MALLOC_ENV, step_peak_mib, tensor_mib
 
-DEFAULT_RULES = ("bp", "fa", "fa-usf", "fa-usf-init", "fa-usf-sn", "fa-frsf", "fa-brsf", "fa-usf-sn+const")
+
+@dataclass(frozen=True)
+class BenchSetup:
+    """What every pass of the benchmark builds: one model, one batch, one optimizer."""
+
+    arch: str
+    batch_size: int
+    image_size: int
+    num_classes: int
+    device: str = "cpu"
+    seed: int = 0
 
 
 @dataclass
 class RuleFigures:
     rule: str
     step_ms: float
-    peak_mib: float
+    step_peak_mib: float
+    total_peak_mib: float
     state_mib: float
 
 
@@ -35,46 +57,74 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_step(model, optimizer, x, y):
+def _build(setup: BenchSetup):
+    """Model, optimizer and a training step on a fixed random batch."""
+    from fabench.archs import create_model
+
+    dev = torch.device(setup.device)
+    torch.manual_seed(setup.seed)
+    model, _ = create_model(setup.arch, num_classes=setup.num_classes, in_chans=3, image_size=setup.image_size)
+    model = model.to(dev).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(setup.batch_size, 3, setup.image_size, setup.image_size, device=dev)
+    y = torch.randint(0, setup.num_classes, (setup.batch_size,), device=dev)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()
-    return step
+    return model, optimizer, step, dev
 
 
 def _feedback_state(handle) -> float:
     return tensor_mib(b for m in handle.layers.values() for n, b in m.named_buffers(recurse=False) if n.startswith("feedback_"))
 
 
-def run_rule_benchmark(arch: str, rules, *, batch_size: int, image_size: int, num_classes: int,
-                       steps: int, rounds: int, device: str = "cpu", seed: int = 0) -> list[RuleFigures]:
-    """Measure every rule on one model; return figures in the order of ``rules``."""
-    from fabench.archs import create_model
-    from fabench.rules import apply, parse_rule
+def _resident_mib(model, optimizer) -> float:
+    """Tensors held between steps: parameters, buffers and optimizer state."""
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return tensor_mib([*model.parameters(), *model.buffers(), *state])
 
+
+def measure_memory(setup: BenchSetup, rules) -> dict[str, tuple[float, float, float]]:
+    """Per rule: (step peak, total peak, persistent feedback state), in MiB, in this process."""
+    from fabench.rules import apply
+
+    model, optimizer, step, dev = _build(setup)
+    figures = {}
     for rule in rules:
-        parse_rule(rule)
-    dev = torch.device(device)
-    torch.manual_seed(seed)
-    model, _ = create_model(arch, num_classes=num_classes, in_chans=3, image_size=image_size)
-    model = model.to(dev).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    step = _make_step(model, optimizer, x, y)
+        handle = apply(model, rule, seed=setup.seed)
+        handle.attach_optimizer(optimizer)
+        step()
+        step()
+        peak = min(step_peak_mib(step, dev) for _ in range(2))
+        figures[rule] = (peak, peak + _resident_mib(model, optimizer), _feedback_state(handle))
+        handle.remove()
+    return figures
+
+
+def measure_memory_in_child(setup: BenchSetup, rules) -> dict[str, tuple[float, float, float]]:
+    """:func:`measure_memory` in a fresh interpreter with steady malloc settings (CPU only)."""
+    payload = json.dumps({"setup": asdict(setup), "rules": list(rules)})
+    env = {**os.environ, **STEADY_MALLOC_ENV}
+    done = subprocess.run([sys.executable, "-m", "fabench.bench.rules", payload], env=env,
+                          capture_output=True, text=True, check=True)
+    return {rule: tuple(values) for rule, values in json.loads(done.stdout.splitlines()[-1]).items()}
+
+
+def measure_time(setup: BenchSetup, rules, *, steps: int, rounds: int) -> dict[str, float]:
+    """Median step time per rule in ms, rules alternating in rotated order every round."""
+    from fabench.rules import apply
+
+    model, optimizer, step, dev = _build(setup)
     times = {rule: [] for rule in rules}
-    peaks = {rule: [] for rule in rules}
-    state = {}
     for round_index in range(rounds + 1):  # round 0 warms up and is discarded
-        order = list(rules[round_index % len(rules):]) + list(rules[:round_index % len(rules)])
-        for rule in order:
-            handle = apply(model, rule, seed=seed)
+        shift = round_index % len(rules)
+        for rule in [*rules[shift:], *rules[:shift]]:
+            handle = apply(model, rule, seed=setup.seed)
             handle.attach_optimizer(optimizer)
             step()
-            peak = step_peak_mib(step, dev)
             for _ in range(steps):
                 _synchronize(dev)
                 start = time.perf_counter()
@@ -82,8 +132,23 @@ def run_rule_benchmark(arch: str, rules, *, batch_size: int, image_size: int, nu
                 _synchronize(dev)
                 if round_index:
                     times[rule].append(time.perf_counter() - start)
-            if round_index:
-                peaks[rule].append(peak)
-            state[rule] = _feedback_state(handle)
             handle.remove()
-    return [RuleFigures(r, 1000 * statistics.median(times[r]), statistics.median(peaks[r]), state[r]) for r in rules]
+    return {rule: 1000 * statistics.median(values) for rule, values in times.items()}
+
+
+def run_rule_benchmark(setup: BenchSetup, rules, *, steps: int, rounds: int) -> list[RuleFigures]:
+    """Time and memory of every rule on one model, in the order of ``rules``."""
+    from fabench.rules import parse_rule
+
+    for rule in rules:
+        parse_rule(rule)
+    on_cpu = torch.device(setup.device).type == "cpu" and os.path.exists("/proc/self/clear_refs")
+    memory = measure_memory_in_child(setup, rules) if on_cpu else measure_memory(setup, rules)
+    times = measure_time(setup, rules, steps=steps, rounds=rounds)
+    return [RuleFigures(rule, times[rule], *memory[rule]) for rule in rules]
+
+
+if __name__ == "__main__":  # the memory pass's child process
+    request = json.loads(sys.argv[1])
+    result = measure_memory(BenchSetup(**request["setup"]), request["rules"])
+    print(json.dumps(result))
