@@ -29,8 +29,10 @@ def bench_loop(
 
     if rounds < 1:
         raise FabenchError(f"--rounds must be at least 1, got {rounds}")
-    config = RunConfig(rule="bp", optimizer="sgd", lr=0.05, weight_decay=5e-4, arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                       subset=subset, device=device, amp=amp, channels_last=channels_last, task="bench")
+    # plain SGD under bp, no probe: what the hand-written loop does too
+    config = RunConfig(rule="bp", optimizer="sgd", lr=0.05, weight_decay=5e-4, diagnostics="off",
+                       arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, subset=subset,
+                       device=device, amp=amp, channels_last=channels_last, task="bench")
     device_name = str(preflight(config))
     figures = run_loop_benchmark(config, rounds=rounds)
     fab, base = figures.fabench, figures.baseline
