@@ -113,16 +113,25 @@ def measure_memory_in_child(setup: BenchSetup, rules) -> dict[str, tuple[float, 
     return {rule: tuple(values) for rule, values in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
+#: Label of a second bp slot timed like every rule: its ratio to bp is the noise floor.
+CONTROL = "bp (control)"
+
+
 def measure_time(setup: BenchSetup, rules, *, steps: int, rounds: int) -> dict[str, float]:
-    """Median step time per rule in ms, rules alternating in rotated order every round."""
+    """Median step time per rule in ms, rules alternating in rotated order every round.
+
+    A second bp slot, :data:`CONTROL`, is timed alongside: how far its ratio to bp strays from
+    1 shows how much of any ratio is the machine's noise rather than the rule.
+    """
     from fabench.rules import apply
 
     model, optimizer, step, dev = _build(setup)
-    times = {rule: [] for rule in rules}
+    labels = [*rules, CONTROL]
+    times = {label: [] for label in labels}
     for round_index in range(rounds + 1):  # round 0 warms up and is discarded
-        shift = round_index % len(rules)
-        for rule in [*rules[shift:], *rules[:shift]]:
-            handle = apply(model, rule, seed=setup.seed)
+        shift = round_index % len(labels)
+        for rule in [*labels[shift:], *labels[:shift]]:
+            handle = apply(model, "bp" if rule == CONTROL else rule, seed=setup.seed)
             handle.attach_optimizer(optimizer)
             step()
             for _ in range(steps):
@@ -145,7 +154,8 @@ def run_rule_benchmark(setup: BenchSetup, rules, *, steps: int, rounds: int) -> 
     on_cpu = torch.device(setup.device).type == "cpu" and os.path.exists("/proc/self/clear_refs")
     memory = measure_memory_in_child(setup, rules) if on_cpu else measure_memory(setup, rules)
     times = measure_time(setup, rules, steps=steps, rounds=rounds)
-    return [RuleFigures(rule, times[rule], *memory[rule]) for rule in rules]
+    figures = [RuleFigures(rule, times[rule], *memory[rule]) for rule in rules]
+    return [*figures, RuleFigures(CONTROL, times[CONTROL], *memory["bp"])]
 
 
 if __name__ == "__main__":  # the memory pass's child process
