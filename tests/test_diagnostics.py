@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import cli
 from torch import nn
 
-from fabench.cli import main
 from fabench.diagnostics import METRICS, measure, parse_diagnostics
 from fabench.diagnostics import hook as hook_module
 from fabench.diagnostics.replay import diagnose_checkpoint
@@ -22,14 +22,6 @@ from fabench.train.config import RunConfig
 PROBE = 16  # probe images in these tests (runs use fabench.diagnostics.PROBE_IMAGES)
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def arch1_with(rule: str, seed: int = 0):

@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
 
-from fabench.cli import main
 from fabench.train import schema
 from fabench.train.config import RunConfig
 from fabench.train.curves import CurveWriter
@@ -25,14 +25,6 @@ RUNS = [
 ]
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def add_run(results: Path, arch, rule, dataset, optimizer, seed, status, top1, task="fixture") -> RunConfig:

@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
 
-from fabench.cli import main
 from fabench.tasks import TaskFileError, check_file, load_task, select_cells
 
 REPO_TASKS = Path(__file__).resolve().parent.parent / "tasks"
@@ -19,15 +19,6 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the real CLI entry point; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 GOOD = """
