@@ -171,6 +171,13 @@ def _as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
+
+def _natural_order(keys) -> list[tuple]:
+    """Distinct key tuples sorted naturally (bp, fa, fa-usf, ...; resnet20 before resnet110)."""
+    from fabench._registry import natural_key
+
+    return sorted(dict.fromkeys(keys), key=lambda key: [natural_key(str(part)) for part in key])
+
 def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metric_name: str) -> list[Block]:
     """Group runs into blocks (``by``) of rows × cols cells with statistics over seeds."""
     metric = _metric(metric_name)
@@ -182,9 +189,9 @@ def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metr
     by = by + extra
     frame = _as_key_text(frame, by + rows + cols)
     blocks = []
-    # one order for every block: first appearance in runs.csv (the grid's order)
-    row_order = list(dict.fromkeys(frame[rows].itertuples(index=False, name=None)))
-    col_order = list(dict.fromkeys(frame[cols].itertuples(index=False, name=None)))
+    # one order for every block, independent of which worker finished first: natural sort
+    row_order = _natural_order(frame[rows].itertuples(index=False, name=None))
+    col_order = _natural_order(frame[cols].itertuples(index=False, name=None))
     groups = frame.groupby(by, dropna=False, sort=False) if by else [((), frame)]
     for by_values, part in groups:
         by_values = _as_tuple(by_values)
