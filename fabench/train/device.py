@@ -74,6 +74,13 @@ def describe_device(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
 
 
+def _set_deterministic(enabled: bool) -> None:
+    """Switch deterministic algorithms only on a change: the call imports torch's compiler
+    stack (seconds per process), which a grid worker would otherwise pay for every cell."""
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        torch.use_deterministic_algorithms(enabled)
+
+
 @contextlib.contextmanager
 def numerics(deterministic: bool) -> Iterator[None]:
     """Deterministic kernels (and no cuDNN autotuning) inside the block when asked.
@@ -92,12 +99,12 @@ def numerics(deterministic: bool) -> Iterator[None]:
     )
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    _set_deterministic(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     fill.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
+        _set_deterministic(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, fill.fill_uninitialized_memory = previous[1:]
