@@ -8,3 +8,4 @@ from fabench.cli import tasks_cmd, report_cmd
 from fabench.cli import run_cmd, bench_loop
 from fabench.cli import bench_probe
 from fabench.cli import bench_feedback
+from fabench.cli import bench_prior_art
