@@ -343,3 +343,27 @@ def test_bad_rule_names_get_one_clear_error(spec, message):
 def test_model_without_layers_is_refused():
     with pytest.raises(FabenchError, match=r"no nn\.Conv2d or nn\.Linear"):
         apply(nn.Sequential(nn.ReLU()), "fa")
+
+
+def test_spectral_sn_matches_the_forward_spectral_norm():
+    model = small_cnn()
+    handle = apply(model, "fa-usf-sn", sn_norm="spectral")
+    for name, module in handle.layers.items():
+        b, w = handle.feedback(name), module.weight.detach()
+        spectral = [torch.linalg.matrix_norm(t.reshape(t.shape[0], -1), ord=2) for t in (b, w)]
+        torch.testing.assert_close(spectral[0], spectral[1])
+        assert torch.equal(torch.sign(b), torch.sign(w))
+
+
+def test_ei_keep_sign_leaves_a_tiny_value_of_the_original_sign():
+    model = small_cnn()
+    handle = apply(model, "fa-usf+ei", ei_mode="keep-sign")
+    signs = {n: torch.sign(m.weight.detach()).clone() for n, m in handle.layers.items()}
+    for _ in train_steps(model, handle, steps=6, lr=2.0):
+        pass
+    clamped = 0
+    for name, module in handle.layers.items():
+        weight = module.weight.detach()
+        assert (weight * signs[name] > 0).all(), name  # never zero, never flipped
+        clamped += int((weight.abs() == 1e-8).sum())
+    assert clamped > 0, "the large steps should have pushed some weights onto the floor"
