@@ -45,13 +45,12 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fabench.errors import FabenchError
 from fabench.rules import _dfa, _init, _tiles
 from fabench.rules._apply import FeedbackHandle
-from fabench.rules._functions import _autocast_dtype, _cast
+from fabench.rules._functions import autocast_conv2d, autocast_linear
 from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
 from fabench.rules._tiles import MemoryPolicy, RandomMatrix
 
@@ -298,10 +297,7 @@ class DirectConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, slot, stride, padding, dilation, groups):
-        dtype = _autocast_dtype(x.device.type)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.conv2d(xc, wc, bc, stride, padding, dilation, groups)
+        out, xc = autocast_conv2d(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(xc, weight)
         ctx.conf = (stride, padding, dilation, groups, bias is not None)
         ctx.feedback, ctx.slot = feedback, slot
@@ -333,10 +329,7 @@ class DirectLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, slot):
-        dtype = _autocast_dtype(x.device.type)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(xc, wc, bc)
+        out, xc = autocast_linear(x, weight, bias)
         ctx.save_for_backward(xc, weight)
         ctx.feedback, ctx.slot = feedback, slot
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)

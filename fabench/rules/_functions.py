@@ -36,6 +36,22 @@ def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tenso
     return tensor.to(dtype)
 
 
+def autocast_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """``F.conv2d`` as autocast would run it; returns (output, the input as cast, to save)."""
+    dtype = _autocast_dtype(x.device.type)
+    xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(xc, wc, bc, stride, padding, dilation, groups), xc
+
+
+def autocast_linear(x, weight, bias):
+    """``F.linear`` as autocast would run it; returns (output, the input as cast, to save)."""
+    dtype = _autocast_dtype(x.device.type)
+    xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(xc, wc, bc), xc
+
+
 def _same_dtype(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
     return grad if grad is None or like is None else grad.to(like.dtype)
 
@@ -45,10 +61,7 @@ class FeedbackConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, buffer, fixed_sign, kind, stride, padding, dilation, groups):
-        dtype = _autocast_dtype(x.device.type)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.conv2d(xc, wc, bc, stride, padding, dilation, groups)
+        out, xc = autocast_conv2d(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(xc, weight, buffer, fixed_sign)
         ctx.conf = (kind, stride, padding, dilation, groups, bias is not None)
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
@@ -77,10 +90,7 @@ class FeedbackLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, buffer, fixed_sign, kind):
-        dtype = _autocast_dtype(x.device.type)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(xc, wc, bc)
+        out, xc = autocast_linear(x, weight, bias)
         ctx.save_for_backward(xc, weight, buffer, fixed_sign)
         ctx.kind = kind
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
