@@ -56,11 +56,11 @@ class DeviceLoader:
 
     @property
     def n_train(self) -> int:
-        return int(self.y_train.shape[0])
+        return self.dataset.n_train
 
     @property
     def n_test(self) -> int:
-        return int(self.y_test.shape[0])
+        return self.dataset.n_test
 
     def num_train_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _count_batches(self.n_train, batch_size, drop_last)
