@@ -17,7 +17,7 @@ config validation.
 
 from __future__ import annotations
 
-from typing import Any
+from fabench._lazy import lazy_getattr
 
 _EXPORTS = {
     "parse_diagnostics": "fabench.diagnostics.schedule",
@@ -37,9 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fabench.diagnostics' has no attribute '{name}'")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ modules that need only :mod:`fabench.train.config` or :mod:`fabench.train.schema
 
 from __future__ import annotations
 
-from typing import Any
+from fabench._lazy import lazy_getattr
 
 _EXPORTS = {
     "run": "fabench.train.runner",
@@ -27,9 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fabench.train' has no attribute '{name}'")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
