@@ -17,6 +17,8 @@ class FabenchError(Exception):
 def closest_first(name: str, choices: Iterable[str]) -> list[str]:
     """Return ``choices`` sorted so the ones most similar to ``name`` come first."""
     pool = sorted(set(choices))
+    if not pool:
+        return []
     close = difflib.get_close_matches(name, pool, n=len(pool), cutoff=0.0)
     return close + [c for c in pool if c not in close]
 
@@ -24,5 +26,7 @@ def closest_first(name: str, choices: Iterable[str]) -> list[str]:
 def unknown_choice(kind: str, name: str, choices: Iterable[str], limit: int = 12) -> FabenchError:
     """Build the error for an unknown ``kind`` called ``name``, listing valid names, closest first."""
     ordered = closest_first(name, choices)
+    if not ordered:
+        return FabenchError(f"unknown {kind} '{name}'; there is none to choose from")
     shown = ", ".join(ordered[:limit]) + (", ..." if len(ordered) > limit else "")
     return FabenchError(f"unknown {kind} '{name}'; valid choices (closest first): {shown}")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from fabench.bench.memory import STEADY_MALLOC_ENV, step_peak_mib, tensor_mib
+from fabench.errors import FabenchError
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,26 @@ class BenchSetup:
     num_classes: int
     device: str = "cpu"
     seed: int = 0
+
+    def check(self) -> BenchSetup:
+        """Refuse, with one line each, what the benchmark cannot run; build and run the model once."""
+        from fabench.archs import check_arch
+        from fabench.train.device import resolve_device
+
+        for value, option in ((self.batch_size, "--batch-size"), (self.image_size, "--image-size"),
+                              (self.num_classes, "--num-classes")):
+            if value < 1:
+                raise FabenchError(f"{option} must be at least 1, got {value}")
+        resolve_device(self.device)
+        check_arch(self.arch)
+        _, _, step, _ = _build(self)
+        try:
+            step()
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FabenchError(f"{self.arch} cannot train on {self.image_size}x{self.image_size} inputs "
+                               f"({first}); use a larger --image-size") from None
+        return self
 
 
 @dataclass
@@ -109,7 +130,10 @@ def measure_memory_in_child(setup: BenchSetup, rules) -> dict[str, tuple[float, 
     payload = json.dumps({"setup": asdict(setup), "rules": list(rules)})
     env = {**os.environ, **STEADY_MALLOC_ENV}
     done = subprocess.run([sys.executable, "-m", "fabench.bench.rules", payload], env=env,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise FabenchError(f"the memory pass failed: {lines[-1]}")
     return {rule: tuple(values) for rule, values in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
@@ -149,8 +173,11 @@ def run_rule_benchmark(setup: BenchSetup, rules, *, steps: int, rounds: int) -> 
     """Time and memory of every rule on one model, in the order of ``rules``."""
     from fabench.rules import parse_rule
 
+    if steps < 1 or rounds < 1:
+        raise FabenchError(f"--steps and --rounds must be at least 1, got {steps} and {rounds}")
     for rule in rules:
         parse_rule(rule)
+    setup.check()
     on_cpu = torch.device(setup.device).type == "cpu" and os.path.exists("/proc/self/clear_refs")
     memory = measure_memory_in_child(setup, rules) if on_cpu else measure_memory(setup, rules)
     times = measure_time(setup, rules, steps=steps, rounds=rounds)

@@ -7,6 +7,7 @@ by library code becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -44,27 +45,68 @@ def _register_commands() -> None:
     from fabench.cli import commands  # noqa: F401
 
 
+#: click's exception base class as typer uses it: click's own for typer < 0.23, the copy typer
+#: vendors (``typer._click``) in newer releases. Found through typer's public BadParameter, so
+#: the CLI catches the class typer really raises, whichever click is installed beside it.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _PipeSafeStream:
+    """stdout that turns into a sink when the reader goes away (``fabench run ... | head -1``).
+
+    The run keeps going and still writes its records; only the printing stops.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._stream = open(os.devnull, "w")  # noqa: SIM115
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _usage_error_line(err) -> str:
+    """One line for a click usage error: its message and where to read the usage."""
+    ctx = getattr(err, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"fabench: error: {err.format_message().strip().splitlines()[-1]}{where}"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    if not isinstance(sys.stdout, _PipeSafeStream):
+        sys.stdout = _PipeSafeStream(sys.stdout)
     _register_commands()
     try:
         code = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
     except FabenchError as err:
-        print(f"fabench: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"fabench: error: {err}")
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
-        print("fabench: aborted", file=sys.stderr)
-        sys.exit(130)
+        _fail("fabench: aborted", 130)
     except KeyboardInterrupt:
-        print("fabench: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as err:  # click usage errors carry their own formatting
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        raise
+        _fail("fabench: interrupted", 130)
+    except ClickException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare group: its help, then one line
+            print(err.format_message())
+            _fail(f"fabench: error: '{err.ctx.command_path}' needs a command; one of those above")
+        _fail(_usage_error_line(err), 2 if err.exit_code == 1 else err.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -42,7 +42,7 @@ def table(
     rows: Annotated[str | None, typer.Option(help="Column(s) down the side, comma-separated. [default: arch]")] = None,
     cols: Annotated[str | None, typer.Option(help="Column(s) across the top. [default: rule]")] = None,
     by: Annotated[str | None, typer.Option(help="One table per value of these. [default: dataset]")] = None,
-    metric: Annotated[str, typer.Option(help="top1-err, top5-err, top1, top5, best-top1, best-top5, best-top1-err, train-time, images-per-s, alignment (mean δx angle to backprop).")] = "top1-err",
+    metric: Annotated[str, typer.Option(help="top1-err, top5-err, top1, top5, best-top1, best-top5, best-top1-err, test-at-best-val, test-at-best-val-err, train-loss, first-train-loss, train-time, images-per-s, alignment (mean δx angle to backprop).")] = "top1-err",
     fmt: Annotated[str, typer.Option("--format", help="rich, markdown, csv or latex.")] = "rich",
     compare: Annotated[str | None, typer.Option(help="'published': show published numbers beside, with the difference.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
@@ -55,6 +55,10 @@ def table(
         raise unknown_choice("format", fmt, tables.FORMATS)
     if output is not None and fmt == "rich":
         raise FabenchError("--format rich prints to the terminal; use --format markdown, csv or latex with --output")
+    if output is not None:
+        from fabench.train.records import check_output_file
+
+        check_output_file(output, "--output")
     frame = _load_runs(results_dir, task=task, rule=rule, arch=arch, dataset=dataset)
     if compare is not None:
         if compare != "published":
@@ -112,6 +116,9 @@ def plot(
     if out is None:
         tasks = sorted(set(map(str, frame["task"])))
         out = results_dir / f"{tasks[0] if len(tasks) == 1 else 'all'}-{kind}.png"
+    from fabench.train.records import check_output_file
+
+    check_output_file(out, "--out")
     if kind == "alignment":  # per-layer diagnostics: fabench.report.alignment
         from fabench.report.alignment import parse_epochs, plot_alignment
 

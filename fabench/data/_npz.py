@@ -35,7 +35,8 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays fabench reads from the file, and the names of every array the file holds."""
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         arrays = {
@@ -45,7 +46,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             # an object array would need pickle: then ignore the names and keep the data
             with contextlib.suppress(ValueError):
                 arrays["classes"] = archive["classes"]
-    return arrays
+    return arrays, sorted(keys)
 
 
 def _images(x: np.ndarray, key: str, path: Path) -> Tensor:
@@ -86,9 +87,26 @@ def _class_names(arrays: dict, num_labels: int, path: Path) -> tuple[tuple[str, 
     return names, len(names)
 
 
-def _splits(arrays: dict[str, np.ndarray], path: Path) -> Splits:
+def _check_label_range(y_train: Tensor, y_test: Tensor, named: bool, path: Path) -> None:
+    """Without class names, labels must be 0..K-1 with every class present somewhere.
+
+    A label far outside the others (a 99 in a 10-class file) would otherwise make a 100-class
+    model in silence; a file whose classes are really sparse can name them in ``classes``.
+    """
+    if named:
+        return
+    present = torch.unique(torch.cat([y_train, y_test]))
+    missing = int(present.max()) + 1 - len(present)
+    if missing:
+        top = int(present.max())
+        which = "y_train" if len(y_train) and int(y_train.max()) == top else "y_test"
+        raise FabenchError(f"{path}: {which} holds label {top} but {missing} of the classes 0..{top} have no image; "
+                           "labels must be 0..K-1 (or add a 'classes' array naming all K classes)")
+
+
+def _splits(arrays: dict[str, np.ndarray], path: Path, held: list[str]) -> Splits:
     if "x_test" not in arrays or "y_test" not in arrays:
-        raise FabenchError(f"{path}: missing x_test/y_test (has {sorted(arrays)}); {EXPECTED}")
+        raise FabenchError(f"{path}: missing x_test/y_test (the file holds {', '.join(held) or 'no arrays'}); {EXPECTED}")
     if ("x_train" in arrays) != ("y_train" in arrays):
         raise FabenchError(f"{path}: x_train and y_train must come together; {EXPECTED}")
     x_test = _images(arrays["x_test"], "x_test", path)
@@ -107,6 +125,7 @@ def _splits(arrays: dict[str, np.ndarray], path: Path) -> Splits:
         )
     num_labels = int(max(y_train.max() if len(y_train) else 0, y_test.max())) + 1
     classes, num_classes = _class_names(arrays, num_labels, path)
+    _check_label_range(y_train, y_test, bool(classes), path)
     return Splits(x_train, y_train, x_test, y_test, num_classes, classes)
 
 
@@ -116,9 +135,9 @@ def read_npz(path: str | Path) -> Splits:
     if not path.is_file():
         raise FabenchError(f"dataset file {path} does not exist; {EXPECTED}")
     try:
-        arrays = _read_arrays(path)
+        arrays, held = _read_arrays(path)
     except _READ_ERRORS as err:
         raise FabenchError(
             f"cannot read dataset file {path} ({_one_line(err)}); {EXPECTED}"
         ) from None
-    return _splits(arrays, path)
+    return _splits(arrays, path, held)

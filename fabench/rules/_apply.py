@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fabench.errors import FabenchError
-from fabench.rules import _init, _layers, _modifiers
+from fabench.rules import _attention, _init, _layers, _modifiers
 from fabench.rules._feedback import feedback_tensor
 from fabench.rules._spec import RuleSpec, parse_rule
 from fabench.rules._tiles import parse_feedback_memory
@@ -34,6 +34,24 @@ class RuleOptions:
                 raise FabenchError(f"feedback {what} must be one of {', '.join(choices)}, got '{value}'")
         if self.scale is not None and not self.scale > 0:
             raise FabenchError(f"feedback scale must be positive, got {self.scale}")
+        return self
+
+    def check_used_by(self, spec: RuleSpec) -> RuleOptions:
+        """Refuse options the rule would ignore (they would change run_id and nothing else)."""
+        from fabench.rules._spec import RULES
+
+        unscaled = spec.base.kind in ("bp", "sn")
+        users = ", ".join(n for n in RULES if RULES.get(n).kind not in ("bp", "sn"))
+        if unscaled and self.scale is not None:
+            raise FabenchError(f"--feedback-scale does nothing under {spec.name} (its B is W or follows W's norm); "
+                               f"the rules that use it: {users}")
+        if unscaled and self.init != "auto":
+            raise FabenchError(f"--feedback-init does nothing under {spec.name} (its B is W or follows W's norm); "
+                               f"the rules that use it: {users}")
+        if self.sn_norm != "fro" and spec.base.kind != "sn":
+            raise FabenchError(f"--sn-norm applies to fa-usf-sn only, not {spec.name}")
+        if self.ei_mode != "zero" and "ei" not in spec.modifiers:
+            raise FabenchError(f"--ei-mode applies to rules with the +ei modifier only, not {spec.name}")
         return self
 
 
@@ -98,25 +116,35 @@ class FeedbackHandle:
         self._hooks += _modifiers.attach(optimizer, self.layers, self.spec.modifiers, self.options.ei_mode)
 
     def feedback(self, name: str) -> torch.Tensor:
-        """The B that backward would use for layer ``name`` now (W itself under bp)."""
+        """The B that backward would use for layer ``name`` now (W itself under bp).
+
+        For a layer whose own forward transforms its weight (timm's ``StdConv2d`` standardises
+        it), B follows the weight its last forward really used, so one forward must have run.
+        """
         module = self.layers[name]
         rule = module._fabench_rule
-        if rule.kind == "bp" or rule.intercept:
-            return module.weight.detach()
+        weight = module.weight
+        if rule.intercept:
+            weight = module.__dict__.get(_layers.SEEN_WEIGHT_ATTR)
+            if weight is None:
+                raise FabenchError(f"layer '{name}' ({type(module).__name__}) transforms its weight in its own forward; "
+                                   "run one forward pass before asking for its feedback")
+        if rule.kind == "bp":
+            return weight.detach()
         buffer, sign = _layers.layer_buffers(module, rule)
         with torch.no_grad():
-            return feedback_tensor(rule.kind, module.weight, buffer, sign)
+            return feedback_tensor(rule.kind, weight, buffer, sign)
 
     @contextmanager
     def exact_backprop(self):
         """Temporarily give every layer its class's forward (true gradients), e.g. for a probe."""
-        saved = {name: m.__dict__.pop("forward", None) for name, m in self.layers.items()}
+        saved = [(m, m.__dict__.pop("forward", None)) for m in self.layers.values()]
         try:
             yield
         finally:
-            for name, forward in saved.items():
+            for module, forward in saved:
                 if forward is not None:
-                    self.layers[name].forward = forward
+                    module.forward = forward
 
     def remove(self) -> None:
         """Detach hooks, forwards and buffers: the model is plain backprop again."""
@@ -160,12 +188,13 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
     from fabench.rules import _direct  # imports this module: FeedbackHandle is its base class
 
     spec = parse_rule(rule)
-    options = RuleOptions(scale, init, sn_norm, ei_mode).validate()
+    options = RuleOptions(scale, init, sn_norm, ei_mode).validate().check_used_by(spec)
     memory = parse_feedback_memory(feedback_memory)
     layers = covered_layers(model, exclude)
     if not layers:
         raise FabenchError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer a rule could act on "
                            "(or --exclude removed them all)")
+    _attention.refuse_uncalled(model, layers)
     attached = [n for n, m in layers.items() if "_fabench_rule" in m.__dict__]
     if attached:
         raise FabenchError(f"layer '{attached[0]}' already carries a rule; call handle.remove() first")
@@ -176,7 +205,7 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
         layer_rule = _layers.LayerRule(layer_kind, "ei" in spec.modifiers, _layers.uses_own_forward(module))
         _layers.install_forward(module, name, layer_rule)
     excluded = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in layers]
+    handle_args = {"spec": spec, "options": options, "seed": seed, "layers": layers, "excluded": excluded}
     if kind in _direct.DIRECT_KINDS:
-        handle_args = {"spec": spec, "options": options, "seed": seed, "layers": layers, "excluded": excluded}
         return _direct.attach(model, handle_args, kind, memory, input_shape)
-    return FeedbackHandle(spec, options, seed, layers, excluded)
+    return FeedbackHandle(**handle_args)

@@ -72,7 +72,10 @@ class FeedbackConv2d(torch.autograd.Function):
         xc, weight, buffer, fixed_sign = ctx.saved_tensors
         kind, stride, padding, dilation, groups, has_bias = ctx.conf
         with torch.autocast(grad_out.device.type, enabled=False):
-            feedback = feedback_tensor(kind, weight, buffer, fixed_sign).to(grad_out.dtype)
+            # B only when δx is wanted: the first layer's input needs none, and forming it there
+            # would waste a W-sized tensor (and, for fa-brsf, draws from the training RNG)
+            needs_x = ctx.needs_input_grad[0]
+            feedback = (feedback_tensor(kind, weight, buffer, fixed_sign) if needs_x else weight).to(grad_out.dtype)
             grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_out, xc.to(grad_out.dtype), feedback,
                 [weight.shape[0]] if has_bias else None,

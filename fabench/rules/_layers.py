@@ -119,8 +119,13 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
+#: Attribute holding the weight an intercepted layer's last forward really used (detached, no copy).
+SEEN_WEIGHT_ATTR = "_fabench_seen_weight"
+
+
 def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Route one intercepted ``conv2d(...)`` call through B, normalising its arguments."""
+    module.__dict__[SEEN_WEIGHT_ATTR] = weight.detach()
     stride, dilation = _pair(stride), _pair(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -133,6 +138,7 @@ def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=
 
 
 def _linear_call(module: nn.Module, rule: LayerRule, x, weight, bias=None):
+    module.__dict__[SEEN_WEIGHT_ATTR] = weight.detach()
     return linear_function(module, rule, x, weight, bias)
 
 
@@ -185,7 +191,7 @@ def install_forward(module: nn.Module, name: str, rule: LayerRule) -> None:
 
 def uninstall(module: nn.Module) -> None:
     """Remove everything :func:`install_forward` and the buffers added; the class forward is back."""
-    for attr in ("forward", "_fabench_rule", "_fabench_name", DIRECT_ATTR):
+    for attr in ("forward", "_fabench_rule", "_fabench_name", DIRECT_ATTR, SEEN_WEIGHT_ATTR):
         module.__dict__.pop(attr, None)
     for name in ALL_BUFFERS:
         module._buffers.pop(name, None)

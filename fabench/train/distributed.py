@@ -222,11 +222,11 @@ def main_lock(path: Path) -> Iterator[bool]:
     from fabench.train.records import file_lock
 
     if not active():
-        with file_lock(path, blocking=False) as mine:
+        with file_lock(path, blocking=False, remove=True) as mine:
             yield mine
         return
     if dist.get_rank() == 0:
-        with file_lock(path, blocking=False) as mine:
+        with file_lock(path, blocking=False, remove=True) as mine:
             yield agree(mine)
     else:
         yield agree(None)

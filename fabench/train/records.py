@@ -77,19 +77,41 @@ def read_manifest(run_dir: Path) -> dict | None:
         return None
 
 
+def _same_file(handle, path: Path) -> bool:
+    """True while ``path`` still names the file ``handle`` has open (not removed or replaced)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
-def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``fcntl`` lock on ``path`` (created if needed); yields False if busy."""
-    with open(path, "a") as handle:
+def file_lock(path: Path, *, blocking: bool = True, remove: bool = False) -> Iterator[bool]:
+    """Hold an exclusive ``fcntl`` lock on ``path`` (created if needed); yields False if busy.
+
+    ``remove``: delete the file when done, so no empty lock files stay behind. That is safe
+    because a lock is only taken on the file ``path`` still names: a process that locked a file
+    another one removed meanwhile starts again on the new file.
+    """
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 (closed below, on every path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            handle.close()
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        if _same_file(handle, path):
+            break
+        handle.close()
+    try:
+        yield True
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _read_runs(path: Path) -> list[list[str]]:
@@ -100,7 +122,8 @@ def _read_runs(path: Path) -> list[list[str]]:
     """
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
+    # surrogateescape: bytes that are not UTF-8 are carried over as they are, never lost or fatal
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         records = list(csv.reader(handle))
     if records and tuple(records[0]) != COLUMNS:
         raise FabenchError(
@@ -119,7 +142,22 @@ def upsert_run_row(results_dir: Path, row: dict) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerows([COLUMNS, *kept, [row[column] for column in COLUMNS]])
-        atomic_write_bytes(path, buffer.getvalue().encode())
+        atomic_write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Fail early, with one line, if a file cannot be written at ``path`` (given by ``option``)."""
+    if path.is_dir():
+        raise FabenchError(f"{option} {path} is a folder; give a file path inside it")
+    probe = path.parent
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FabenchError(f"{option} {path} cannot be created: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FabenchError(f"{option} {path} cannot be written: {probe} is not writable")
 
 
 def check_results_dir(results_dir: Path) -> None:
