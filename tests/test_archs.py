@@ -15,6 +15,7 @@ OWN_ARCHS = (
     "alexnet",
     "arch1",
     "lenet",
+    "lenet-biotorch",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -199,6 +200,7 @@ def test_list_archs_covers_all_sources():
         "alexnet",
         "arch1",
         "lenet",
+        "lenet-biotorch",
         *[f"resnet{d}" for d in (20, 32, 44, 56, 110)],
     ]
     assert all(name.startswith("tv:") for name in list_archs("tv:*"))

@@ -24,13 +24,14 @@ import torch
 from fabench.errors import FabenchError
 from fabench.train import distributed
 from fabench.train.config import RunConfig
+from fabench.train.schema import DONE_STATUSES
 
 REPO = Path(__file__).resolve().parent.parent
 #: Global batch 50 (25 images per rank and step). Few steps: float differences in the last bits grow
 #: with training, and sign-concordant feedback turns a weight's sign flip near zero into a step.
 SETTINGS = ["--arch", "arch1", "--dataset", "cifar10-mini", "--image-size", "24",
             "--batch-size", "50", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--schedule", "none",
-            "--diagnostics", "off", "--device", "cpu", "--no-progress"]
+            "--weight-init-scale", "1", "--diagnostics", "off", "--device", "cpu", "--no-progress"]
 RUNS = {"bp": (1, 200), "fa-usf-sn+const": (2, 100), "dfa": (1, 200)}  # rule -> (epochs, subset): 4 steps each
 
 
@@ -57,6 +58,7 @@ def config_of(rule: str, results: Path) -> RunConfig:
     epochs, subset = RUNS[rule]
     return RunConfig(rule=rule, epochs=epochs, arch="arch1", dataset="cifar10-mini", subset=subset, image_size=24,
                      batch_size=50, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="none",
+                     weight_init_scale=1.0,
                      diagnostics="off", device="cpu", progress=False, results_dir=str(results))
 
 
@@ -108,9 +110,9 @@ def test_two_processes_train_the_same_weights_as_one(rule, launched, tmp_path):
     else:
         assert launched["codes"][0]["bp"] == 0, launched["output"]
     single = run(config_of(rule, tmp_path))
-    assert single.status == "finished"
+    assert single.status in DONE_STATUSES  # 4 steps from arch1's init (loss ~4.4): may be "unstable"
     ddp_row = next(r for r in rows(launched["ddp"]) if r["rule"] == rule)
-    assert ddp_row["run_id"] == single.row["run_id"] and ddp_row["status"] == "finished"
+    assert ddp_row["run_id"] == single.row["run_id"] and ddp_row["status"] == single.status
     ddp_dir = launched["ddp"] / "adhoc" / ddp_row["run_id"]
     mine = torch.load(ddp_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
     reference = final_weights(tmp_path)

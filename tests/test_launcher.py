@@ -25,6 +25,7 @@ from fabench.cli import main
 from fabench.errors import FabenchError
 from fabench.tasks import load_task
 from fabench.tasks.submit import parse_extra, parse_slurm_time
+from fabench.train.schema import DONE_STATUSES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +79,7 @@ def test_submitit_local_runs_the_grid_into_the_usual_results(task_file, tmp_path
     recorded = rows(results)
     expected = {c.run_id for c in load_task(task_file).cells(results_dir=str(results))}
     assert {r["run_id"] for r in recorded} == expected
-    assert {r["status"] for r in recorded} == {"finished"}
+    assert {r["status"] for r in recorded} <= set(DONE_STATUSES)  # 2 steps from init: bp may end "unstable"
     for row in recorded:
         assert (results / "launch-test" / row["run_id"] / "last.pt").is_file()
     assert list((results / "submitit").glob("*/*_0_log.out")), "submitit's logs are kept under results/submitit"
@@ -127,7 +128,7 @@ def test_slurm_array_script_and_one_ddp_array_task(task_file, tmp_path):
     assert [task.returncode for task in tasks] == [0, 0], logs
     (row,) = rows(results)
     first = load_task(task_file).cells(results_dir=str(results))[0]
-    assert (row["run_id"], row["status"]) == (first.run_id, "finished")
+    assert row["run_id"] == first.run_id and row["status"] in DONE_STATUSES
     assert row["device"].startswith("2x cpu")
 
 

@@ -125,7 +125,7 @@ BAD_CASES = {
     "unknown-rule": ("", 4, "unknown rule 'fa-usff'"),
     "unknown-arch": ("", 5, "unknown architecture 'arhc1'"),
     "unknown-dataset": ("", 6, "unknown dataset 'cifar11'"),
-    "bad-override-type": ("overrides:\n  epochs: 3\n  lr: fast\n", 10, "'lr' must be a number, got 'fast'"),
+    "bad-override-type": ("overrides:\n  epochs: 3\n  lr: fast\n", 10, "'lr' must be a number or null, got 'fast'"),
     "bad-override-value": ("overrides:\n  epochs: 0\n", 9, "--epochs must be at least 1"),
     "unknown-setting": ("overrides:\n  learning_rate: 0.1\n", 9, "unknown run setting 'learning_rate'"),
     "placement-setting": ("overrides:\n  results_dir: /tmp\n", 9, "give it on the command line"),
@@ -216,7 +216,11 @@ def test_biotorch_task_uses_the_per_rule_learning_rates_of_its_configs():
     cells = load_task(REPO_TASKS / "biotorch-cifar10.yaml").cells()
     assert len(cells) == 3 * 6 * 2
     lr = {(c.arch, c.rule, c.variant): c.config.lr for c in cells}
-    assert lr["lenet", "fa", "sgd"] == 1e-3 and lr["lenet", "dfa", "sgd"] == 1e-4
-    assert lr["lenet", "fa", "adam"] == 1e-4 and lr["lenet", "fa-usf", "adam"] == 1e-3
-    assert lr["resnet20", "dfa", "sgd"] == 1e-3 and lr["resnet56", "bp", "sgd"] == 0.1
+    # BioTorch's "dfa" is its DFA layer, fabench's dfa-conv; its CIFAR "LeNet" is lenet-biotorch
+    assert lr["lenet-biotorch", "fa", "sgd"] == 1e-3 and lr["lenet-biotorch", "dfa-conv", "sgd"] == 1e-4
+    assert lr["lenet-biotorch", "fa", "adam"] == 1e-4 and lr["lenet-biotorch", "fa-usf", "adam"] == 1e-3
+    assert lr["resnet20", "dfa-conv", "sgd"] == 1e-3 and lr["resnet56", "bp", "sgd"] == 0.1
     assert all(c.config.milestones == [100, 150, 200] for c in cells)
+    resolved = [c.config.resolved() for c in cells]
+    assert {(c.weight_init, c.weight_init_scale, c.val_split) for c in resolved} == {("xavier-uniform", 1.0, 5000)}
+    assert {c.feedback_init for c in resolved if c.rule != "bp"} == {"xavier"}

@@ -20,7 +20,7 @@ from fabench.data._factory import EMBEDDED_DIR
 from fabench.train import run
 from fabench.train.config import RunConfig
 from fabench.train.curves import CURVE_COLUMNS
-from fabench.train.schema import COLUMNS
+from fabench.train.schema import COLUMNS, DONE_STATUSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -282,7 +282,8 @@ def test_folder_dataset_run_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     settings = dict(arch="arch1", dataset="imagenet", data_dir=str(folder), image_size=24, batch_size=4,
                     epochs=2, optimizer="adam", lr=1e-3, workers=0, deterministic=True, device="cpu")
     reference = run(RunConfig(**settings, results_dir=str(tmp_path / "a")))
-    assert reference.status == "finished" and reference.row["epochs_done"] == 2
+    # random pixels, nothing to learn: the run may end "unstable"; it must train to the end
+    assert reference.status in DONE_STATUSES and reference.row["epochs_done"] == 2
     monkeypatch.setenv("FABENCH_FAULT", "sigint@step=6")  # epoch 2, step 2 of 4
     stopped = run(RunConfig(**settings, results_dir=str(tmp_path / "b")))
     assert stopped.status == "interrupted"

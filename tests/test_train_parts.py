@@ -13,7 +13,7 @@ import torch
 from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
 from fabench.train.curves import CurveWriter
-from fabench.train.optim import LrFactor, build_optimizer, build_scheduler, with_optimizer_defaults
+from fabench.train.optim import LrFactor, build_optimizer, build_scheduler
 from fabench.train.records import check_results_dir, upsert_run_row
 from fabench.train.schema import COLUMNS, make_row
 
@@ -56,12 +56,6 @@ def test_weight_decay_spares_biases():
     optimizer = build_optimizer(torch.nn.Linear(4, 2), RunConfig(weight_decay=0.1))
     decays = {tuple(g["params"][0].shape): g["weight_decay"] for g in optimizer.param_groups}
     assert decays == {(2, 4): 0.1, (2,): 0.0}
-
-
-def test_optimizer_defaults_fill_only_what_is_unset():
-    assert with_optimizer_defaults({"optimizer": "adam"})["lr"] == 1e-3
-    assert with_optimizer_defaults({"optimizer": "adamw", "lr": 0.01})["lr"] == 0.01
-    assert with_optimizer_defaults({})["lr"] == RunConfig().lr
 
 
 def row(run_id: str, status: str = "finished") -> dict:

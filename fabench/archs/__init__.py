@@ -6,6 +6,7 @@ Public surface (see ``_factory`` for how names resolve)::
     check_arch(name) -> (source, name_in_source)
     list_archs(pattern="*") -> {name: description}
     default_image_size(arch, dataset) -> int | None
+    reinitialise(layers, scheme, scale)            # the run's --weight-init
 
 Every model returns logits ``[B, num_classes]`` and is a plain ``nn.Module`` tree of Conv2d,
 Linear, BatchNorm, pooling and activation modules, which is what the learning rules rewrite.
@@ -22,15 +23,19 @@ from fabench.archs._factory import (
     split_source,
 )
 from fabench.archs._registry import ARCHS, ArchSpec, register_arch
+from fabench.archs._weight_init import WEIGHT_INITS, check_weight_init, reinitialise
 
 __all__ = [
     "ARCHS",
     "SOURCES",
+    "WEIGHT_INITS",
     "ArchSpec",
     "check_arch",
+    "check_weight_init",
     "create_model",
     "default_image_size",
     "list_archs",
     "register_arch",
+    "reinitialise",
     "split_source",
 ]

@@ -70,3 +70,37 @@ class LeNet5(nn.Module):
 def lenet(num_classes: int, in_chans: int = 1, image_size: int | None = None) -> LeNet5:
     native = 28 if in_chans == 1 else 32
     return LeNet5(num_classes, in_chans, image_size or native)
+
+
+class BioTorchLeNet(nn.Module):
+    """BioTorch's CIFAR "LeNet" (``le_net_cifar``), the net behind its published CIFAR-10 LeNet row.
+
+    Not LeNet-5: conv 3×3 C→32, ReLU, max-pool 2; conv 3×3 32→64, ReLU, max-pool 2; conv 3×3
+    64→128, ReLU; global average pool; fc 128→256, ReLU; fc 256→classes. Layer sizes as in
+    jsalbert/biotorch ``biotorch/models/le_net.py`` (facts only; written anew here).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        side = out_side(out_side(out_side(out_side(image_size, 3), 2, 2), 3), 2, 2)
+        require_side("lenet-biotorch", out_side(side, 3), image_size)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 32, kernel_size=3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, kernel_size=3), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, num_classes),
+        )
+        init_relu_network(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_arch(
+    "lenet-biotorch", "BioTorch's CIFAR 'LeNet': conv3x3 32-64-128 + global avg pool, fc 256; 32 px"
+)
+def lenet_biotorch(num_classes: int, in_chans: int = 3, image_size: int | None = None) -> BioTorchLeNet:
+    return BioTorchLeNet(num_classes, in_chans, image_size or 32)

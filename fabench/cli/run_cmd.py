@@ -1,9 +1,9 @@
 """``fabench run`` (one training run) and ``fabench eval`` (a trained run on another dataset).
 
 Every ``run`` option sets the RunConfig field of the same name; an option left out keeps
-RunConfig's default, except ``--lr``, ``--momentum`` and ``--weight-decay``, which default per
-optimizer (``fabench.train.optim.OPTIMIZER_DEFAULTS``: sgd 0.05/0.9/5e-4, adam 1e-3/-/0,
-adamw 1e-3/-/1e-2).
+RunConfig's default. The optimizer, learning rate, momentum, weight decay and forward init left
+out are filled by the run's recipe (``fabench.train.recipes``: per architecture and rule family,
+then per optimizer), which the run prints in its header and records in its manifest.
 
 Exit codes: 0 for a finished (or already finished) or diverged run (divergence is a result),
 2 for bad input (one line on stderr, nothing written), 130 for a run stopped by Ctrl-C after
@@ -43,10 +43,8 @@ def _patterns(values: list[str] | None) -> list[str] | None:
 
 
 def build_config(values: dict) -> RunConfig:
-    """A RunConfig from CLI values: unset ones keep defaults, optimizer defaults fill the rest."""
-    from fabench.train.optim import with_optimizer_defaults
-
-    return RunConfig.from_dict(with_optimizer_defaults({k: v for k, v in values.items() if v is not None}))
+    """A RunConfig from CLI values: unset ones keep RunConfig's defaults (the recipe fills the rest)."""
+    return RunConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
 @app.command("run")
@@ -57,11 +55,15 @@ def run_command(
     seed: Annotated[int | None, typer.Option(help="Seed of init, feedback and data order.", show_default=_default("seed"))] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", show_default=_default("epochs"))] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.", show_default=_default("batch_size"))] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.", show_default=_default("optimizer"))] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.", show_default="sgd 0.05, adam/adamw 1e-3")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe filling unset optimizer/lr/init: auto (by arch and rule family), none, or a recipe name.", show_default=_default("recipe"))] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.", show_default="the recipe's, else adam")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.", show_default="the recipe's, else sgd 0.05, adam/adamw 1e-3")] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum.", show_default="0.9")] = None,
     nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay of conv/linear weights.", show_default="sgd 5e-4, adam 0, adamw 1e-2")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay of conv/linear weights.", show_default="the recipe's, else sgd 5e-4, adam 0, adamw 1e-2")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Clip the gradients' global L2 norm to this.", show_default="no clipping")] = None,
+    weight_init: Annotated[str | None, typer.Option(help="Forward-weight init of covered layers: default (the arch's), xavier-uniform, xavier-normal, kaiming-normal, kaiming-uniform.", show_default="the recipe's, else default")] = None,
+    weight_init_scale: Annotated[float | None, typer.Option(help="Multiply every covered forward weight by this after init.", show_default="the recipe's, else 1")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the training loss.", show_default=_default("label_smoothing"))] = None,
     schedule: Annotated[str | None, typer.Option(help="none, step, multistep or cosine (per step).", show_default=_default("schedule"))] = None,
     milestones: Annotated[str | None, typer.Option(help="Epochs where multistep multiplies the rate by gamma, e.g. 30,60.")] = None,
@@ -70,8 +72,11 @@ def run_command(
     warmup_epochs: Annotated[float | None, typer.Option(help="Linear warmup length in epochs (may be fractional).", show_default=_default("warmup_epochs"))] = None,
     subset: Annotated[int | None, typer.Option(help="Train on a class-balanced subset of this many images.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels.", show_default="the architecture's, else the dataset's")] = None,
+    val_split: Annotated[int | None, typer.Option(help="Hold out this many training images (class-balanced) as a validation split.", show_default=_default("val_split"))] = None,
     feedback_scale: Annotated[float | None, typer.Option(help="Scale of random/sign feedback.", show_default="from --feedback-init")] = None,
     feedback_init: Annotated[str | None, typer.Option(help="auto, kaiming, xiao, xavier or weight.", show_default=_default("feedback_init"))] = None,
+    sn_norm: Annotated[str | None, typer.Option(help="Norm of fa-usf-sn: fro (flattened L2) or spectral.", show_default=_default("sn_norm"))] = None,
+    ei_mode: Annotated[str | None, typer.Option(help="+ei: a weight whose update would flip sign is set to zero or keep-sign (1e-8).", show_default=_default("ei_mode"))] = None,
     feedback_memory: Annotated[str | None, typer.Option(help="dfa/dense-fa matrices: auto, materialised, tiled or a budget like 512MB.", show_default=_default("feedback_memory"))] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Module-name patterns kept on exact backprop (repeat or comma-separate).")] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, fp16 (CUDA, with GradScaler) or off.", show_default=_default("amp"))] = None,

@@ -167,7 +167,13 @@ def grid(
     """Run a task's grid of cells (rules x archs x datasets x seeds), skipping finished ones."""
     from fabench.errors import FabenchError
     from fabench.tasks import load_task, select_cells, task_dirs
-    from fabench.tasks.grid import GridOptions, dry_run_report, parse_gpus, run_grid
+    from fabench.tasks.grid import (
+        GridOptions,
+        check_placement,
+        dry_run_report,
+        parse_gpus,
+        run_grid,
+    )
     from fabench.tasks.submit import check_launcher
 
     check_launcher(launcher)
@@ -183,6 +189,8 @@ def grid(
     loaded = load_task(task, task_dirs(tasks_dir))
     gpu_ids = parse_gpus(gpus)
     placement = {"results_dir": str(results_dir), "data_dir": str(data_dir), "device": "cuda" if gpu_ids else device, "progress": False}
+    if launcher == "local" and not dry_run:
+        check_placement(placement["device"], gpu_ids)
     cells = select_cells(loaded.cells(**placement), rule=rule, arch=arch, dataset=dataset, seed=seed, variant=variant, limit=limit)
     if not cells:
         typer.echo(f"fabench: no cell of task '{loaded.name}' matches the filters", err=True)

@@ -4,6 +4,7 @@ Public surface::
 
     list_datasets() -> {name: description}
     check_dataset(name) -> name                     # or FabenchError (unknown name, missing .npz)
+    dataset_identity(name) -> str                   # the name, or a file's content hash (run_id)
     load_dataset(name, *, data_dir="data", subset=None, seed=0, image_size=None, augment=None)
         -> InMemoryDataset | FolderDataset          # FolderDataset for imagenet
     DeviceLoader(dataset, device)                   # .train_batches(batch_size, generator),
@@ -19,7 +20,13 @@ ImageNet is streamed by DataLoader workers (``_imagenet``). Embedded samples are
 
 from fabench.data._augment import AUGMENTATIONS, AugmentPolicy
 from fabench.data._dataset import InMemoryDataset, Splits, balanced_subset, channel_stats
-from fabench.data._factory import DATASETS, check_dataset, list_datasets, load_dataset
+from fabench.data._factory import (
+    DATASETS,
+    check_dataset,
+    dataset_identity,
+    list_datasets,
+    load_dataset,
+)
 from fabench.data._imagenet import FolderDataset
 from fabench.data._loader import DeviceLoader, test_batches, train_batches
 
@@ -34,6 +41,7 @@ __all__ = [
     "balanced_subset",
     "channel_stats",
     "check_dataset",
+    "dataset_identity",
     "list_datasets",
     "load_dataset",
     "test_batches",

@@ -55,10 +55,16 @@ class InMemoryDataset:
     jpeg_sample: bool = False
     description: str = ""
     classes: tuple[str, ...] = field(default_factory=tuple)
+    #: images held out of the training split for validation (empty unless a val split was asked for)
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.image_size:
             self.image_size = self.native_size
+        if self.x_val is None:
+            self.x_val = self.x_test[:0]
+            self.y_val = self.y_test[:0]
 
     @property
     def native_size(self) -> int:
@@ -74,6 +80,10 @@ class InMemoryDataset:
         return int(self.y_test.shape[0])
 
     @property
+    def n_val(self) -> int:
+        return int(self.y_val.shape[0])
+
+    @property
     def eval_only(self) -> bool:
         """True when the set has no training split (an .npz with only x_test, y_test)."""
         return self.n_train == 0
@@ -84,6 +94,7 @@ class InMemoryDataset:
             "name": self.name,
             "n_train": self.n_train,
             "n_test": self.n_test,
+            "n_val": self.n_val,
             "num_classes": self.num_classes,
             "in_chans": self.in_chans,
             "native_size": self.native_size,
@@ -152,3 +163,22 @@ def take_train_subset(dataset: InMemoryDataset, n: int, seed: int) -> InMemoryDa
     return dataclasses.replace(
         dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep]
     )
+
+
+def take_validation_split(dataset: InMemoryDataset, n: int, seed: int) -> InMemoryDataset:
+    """``dataset`` with ``n`` class-balanced training images moved to a validation split.
+
+    The held-out images leave the training split entirely (a later ``--subset`` draws from what
+    is left), so no validation image is ever trained on. Normalisation statistics stay those of
+    the full training split (fixed constants of the dataset, as BioTorch's are).
+    """
+    if dataset.eval_only:
+        raise FabenchError(f"dataset '{dataset.name}' has no training split to take --val-split from")
+    if n >= dataset.n_train:
+        raise FabenchError(f"--val-split {n} leaves no training images (the training split has "
+                           f"{dataset.n_train}); use at most {dataset.n_train - 1}")
+    held = balanced_subset(dataset.y_train, n, dataset.num_classes, seed)
+    keep = torch.ones(dataset.n_train, dtype=torch.bool)
+    keep[held] = False
+    return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
+                               x_val=dataset.x_train[held], y_val=dataset.y_train[held])

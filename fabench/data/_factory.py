@@ -11,12 +11,20 @@ gets ``cifar`` if it has 3 channels and ``none`` otherwise. ``augment=`` overrid
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fabench._registry import Registry
-from fabench.data._dataset import InMemoryDataset, Splits, channel_stats, take_train_subset
+from fabench.data._dataset import (
+    InMemoryDataset,
+    Splits,
+    channel_stats,
+    take_train_subset,
+    take_validation_split,
+)
 from fabench.data._imagenet import FolderDataset, load_folder_dataset
 from fabench.data._npz import read_npz
 from fabench.data._torchvision import read_torchvision
@@ -117,6 +125,33 @@ def _is_npz_path(name: str) -> bool:
     return name.endswith(".npz") or "/" in name
 
 
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes (cached per path, size and modification time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_identity(name: str) -> str:
+    """What identifies a dataset in a run's id: its name, or for a file its content hash.
+
+    Two different ``d.npz`` files in two folders are two datasets, and one file reached by two
+    spellings of its path is one; so a file dataset is identified by its bytes, not its path.
+    A missing file keeps its name (the run's preflight reports it).
+    """
+    if name in DATASETS or not _is_npz_path(name):
+        return name
+    path = Path(name).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return name
+    return f"npz sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
 def check_dataset(name: str) -> str:
     """Return ``name`` if it names a dataset or an existing ``.npz`` file; else FabenchError."""
     if name in DATASETS:
@@ -173,18 +208,24 @@ def load_dataset(
     seed: int = 0,
     image_size: int | None = None,
     augment: str | None = None,
+    val_split: int = 0,
 ) -> InMemoryDataset | FolderDataset:
     """Load dataset ``name`` (a registered name or a ``.npz`` path).
 
     ``subset``: keep a class-balanced random ``subset`` of the training images, chosen by
     ``seed`` (the only thing ``seed`` affects). ``image_size``: side of the batches (None =
-    native). ``augment``: override the default policy. Returns an :class:`InMemoryDataset`, or a
+    native). ``augment``: override the default policy. ``val_split``: hold out this many
+    class-balanced training images (chosen by ``seed``, before ``subset``) as a validation
+    split that is never trained on. Returns an :class:`InMemoryDataset`, or a
     :class:`FolderDataset` for ``imagenet``.
     """
     check_dataset(name)
     if image_size is not None and image_size < 1:
         raise FabenchError(f"--image-size must be positive, got {image_size}")
     if name == "imagenet":
+        if val_split:
+            raise FabenchError("--val-split applies to in-memory datasets; for imagenet give a folder tree whose "
+                               "train/ leaves out the validation images")
         spec = DATASETS.get(name)
         return load_folder_dataset(
             name,
@@ -205,6 +246,8 @@ def load_dataset(
 
         get_policy(augment)  # validate the name early
     dataset = _in_memory(name, splits, spec, image_size, augment)
+    if val_split:
+        dataset = take_validation_split(dataset, val_split, seed)
     if subset is not None:
         dataset = take_train_subset(dataset, subset, seed)
     return dataset

@@ -48,6 +48,8 @@ class DeviceLoader:
         self.y_train = dataset.y_train.to(self.device)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
+        self.x_val = dataset.x_val.to(self.device)
+        self.y_val = dataset.y_val.to(self.device)
         mean = torch.tensor(dataset.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         # (x / 255 - mean) / std as one multiply-add
@@ -105,11 +107,18 @@ class DeviceLoader:
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         """The test split in stored order, with the policy's test transform."""
+        return self._fixed_batches(self.x_test, self.y_test, batch_size)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The validation split (held out of training) in order, transformed as the test split."""
+        return self._fixed_batches(self.x_val, self.y_val, batch_size)
+
+    def _fixed_batches(self, images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Batch]:
         if batch_size < 1:
             raise FabenchError(f"batch size must be at least 1, got {batch_size}")
-        for start in range(0, self.n_test, batch_size):
-            images = augment_test(self.x_test[start : start + batch_size], self.policy)
-            yield self._finish(images), self.y_test[start : start + batch_size]
+        for start in range(0, labels.shape[0], batch_size):
+            batch = augment_test(images[start : start + batch_size], self.policy)
+            yield self._finish(batch), labels[start : start + batch_size]
 
 
 def _loader(data: InMemoryDataset | DeviceLoader, device) -> DeviceLoader:

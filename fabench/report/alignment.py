@@ -21,6 +21,7 @@ from pathlib import Path
 from fabench.errors import FabenchError
 from fabench.report.plot import JPEG_SHORT_NOTE, _save_atomic
 from fabench.report.table import Block, is_jpeg_sample
+from fabench.train import schema
 
 PROBE_SPLIT = "probe"
 ANGLE_METRIC = "dx_angle"
@@ -265,7 +266,7 @@ def alignment_blocks(frame, results_dir: Path, *, rows: list[str], cols: list[st
     for name in (*rows, *cols, *by):
         if name not in frame.columns:
             raise FabenchError(f"unknown column '{name}' for --rows/--cols/--by")
-    frame = frame[frame["status"] == "finished"]
+    frame = frame[frame["status"].isin(schema.DONE_STATUSES)]
     if frame.empty:
         raise FabenchError("no finished runs match the filters")
     probes, skipped = load_probes(frame, results_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,15 @@ from fabench.train import schema
 
 #: Columns that must hold numbers when not empty.
 NUMERIC_COLUMNS = (
-    "seed", "subset", "image_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-    "label_smoothing", "warmup_epochs", "feedback_scale", "epochs_done", "final_top1",
-    "final_top5", "best_top1", "best_top5", "best_epoch", "final_test_loss", "final_train_loss",
-    "train_time_s", "images_per_s", "num_params",
+    "seed", "subset", "image_size", "val_split", "epochs", "batch_size", "lr", "momentum",
+    "weight_decay", "label_smoothing", "warmup_epochs", "grad_clip", "weight_init_scale",
+    "feedback_scale", "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
+    "best_epoch", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "final_test_loss",
+    "first_train_loss", "final_train_loss", "train_time_s", "images_per_s", "num_params",
 )
-#: Columns a finished row cannot leave empty.
+#: Characters that stand for bytes that were not UTF-8 (Python's surrogateescape).
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+#: Columns a finished (or unstable) row cannot leave empty.
 FINISHED_REQUIRED = ("final_top1",)
 
 
@@ -68,7 +72,7 @@ def _row_problem(record: list[str]) -> str | None:
             return f"column {column} should be a number, got '{text}'"
         if math.isinf(number):
             return f"column {column} is infinite"
-    if row["status"] == "finished":
+    if row["status"] in schema.DONE_STATUSES:
         for column in FINISHED_REQUIRED:
             if row[column] == "":
                 return f"is finished but has no {column}"
@@ -81,10 +85,11 @@ def read_runs(path: Path | str) -> RunsTable:
     if path.is_dir():
         path = path / "runs.csv"
     if not path.is_file():
-        raise FabenchError(f"no results at {display_path(path)}; run `fabench grid TASK` or `fabench run` first, or pass --results DIR")
+        raise FabenchError(f"no results at {display_path(path)}; run `fabench grid TASK` or `fabench run` first, or pass --results-dir DIR")
     table = RunsTable(path)
     latest: dict[str, dict] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    # surrogateescape: a byte that is not UTF-8 spoils only its own row, reported below
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader, None)
@@ -111,7 +116,7 @@ def read_runs(path: Path | str) -> RunsTable:
             line = reader.line_num
             if not record:
                 continue
-            problem = _row_problem(record)
+            problem = "is not UTF-8 text" if any(_NOT_UTF8.search(field) for field in record) else _row_problem(record)
             if problem:
                 table.problems.append(f"{display_path(path)}:{start}: row {problem}; skipped")
                 continue

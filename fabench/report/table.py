@@ -1,13 +1,18 @@
 """Result tables from runs.csv: mean ± std over seeds, in rich, markdown, csv or LaTeX.
 
 Layout: one block per value of the ``by`` columns (default: dataset), ``rows`` down the side
-(default: arch) and ``cols`` across (default: rule). Only ``finished`` runs enter the
-statistics; a cell also says how many of its runs diverged or failed. If runs that land in one
+(default: arch) and ``cols`` across (default: rule). Runs that trained to the end enter the
+statistics: ``finished`` ones, and ``unstable`` ones (their loss rose), which mark the cell with
+a dagger and a footnote so that they are never averaged in silently; a cell also says how many
+of its runs diverged or failed. If runs that land in one
 cell differ in another setting (say optimizer, in a grid with sgd and adam variants), the
 blocks are split by that setting too, so different experiments are never averaged together.
 
 ``compare`` mode lists every measured dataset/arch/rule/optimizer beside the published number
-(see :mod:`fabench.report.published`) and the difference, measured minus published.
+(see :mod:`fabench.report.published`) and the difference, measured minus published. Each
+published number is compared with the measured value of the same selection rule (final epoch,
+best test epoch, or test at the best-validation epoch), whatever ``--metric`` says; the metric
+decides only whether errors or accuracies are shown.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fabench.errors import FabenchError, unknown_choice
-from fabench.report.published import base_dataset, load_published, load_sources, match_published
+from fabench.report.published import (
+    SELECTION_COLUMNS,
+    base_dataset,
+    load_published,
+    load_sources,
+    match_published,
+)
 from fabench.train import schema
 
 
@@ -40,6 +51,10 @@ METRICS = {
     "best-top1": Metric("best_top1", "best top-1 accuracy (%)"),
     "best-top5": Metric("best_top5", "best top-5 accuracy (%)"),
     "best-top1-err": Metric("best_top1", "best-epoch top-1 error (%)", error=True),
+    "test-at-best-val": Metric("test_top1_at_best_val", "test top-1 accuracy at the best-validation epoch (%)"),
+    "test-at-best-val-err": Metric("test_top1_at_best_val", "test top-1 error at the best-validation epoch (%)", error=True),
+    "train-loss": Metric("final_train_loss", "final training loss", digits=3),
+    "first-train-loss": Metric("first_train_loss", "first-epoch training loss", digits=3),
     "train-time": Metric("train_time_s", "train time (s)", digits=1),
     "images-per-s": Metric("images_per_s", "training throughput (images/s)", digits=0),
 }
@@ -133,23 +148,33 @@ def _format_stat(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})" if n > 1 else f"{mean:.{digits}f} ({n})"
 
 
+#: The mark of a cell holding unstable runs, and its footnote.
+DAGGER = "†"
+UNSTABLE_NOTE = (f"{DAGGER}k: k of the cell's runs are unstable (their final training loss is above the first "
+                 f"epoch's by more than {100 * (schema.UNSTABLE_RISE_FACTOR - 1):g} %, or above {schema.UNSTABLE_LOSS_FACTOR:g}·ln(classes), or an epoch's went above "
+                 f"{schema.UNSTABLE_PEAK_FACTOR:g}·ln(classes)); they are included in the mean; see their curves.csv.")
+
+
 def _cell_stats(frame, metric: Metric) -> dict:
-    """Mean, std (sample), n over finished runs, and counts of the other statuses."""
-    finished = frame[frame["status"] == "finished"]
-    values = _metric_values(finished, metric).dropna()
-    others = frame.loc[frame["status"] != "finished", "status"].value_counts().to_dict()
+    """Mean, std (sample), n over runs that trained to the end, unstable ones counted, other statuses counted."""
+    done = frame[frame["status"].isin(schema.DONE_STATUSES)]
+    values = _metric_values(done, metric).dropna()
+    others = frame.loc[~frame["status"].isin(schema.DONE_STATUSES), "status"].value_counts().to_dict()
     n = int(values.size)
     return {
         "mean": float(values.mean()) if n else float("nan"),
         "std": float(values.std(ddof=1)) if n > 1 else float("nan"),
         "n": n,
+        "unstable": int((done["status"] == "unstable").sum()),
         "others": {str(k): int(v) for k, v in others.items()},
     }
 
 
 def _cell_text(stats: dict, metric: Metric) -> str:
-    """A table cell: the statistics plus counts of runs that did not finish."""
+    """A table cell: the statistics, a dagger for unstable runs, and counts of runs that did not finish."""
     text = _format_stat(stats["mean"], 0.0 if stats["std"] != stats["std"] else stats["std"], stats["n"], metric.digits)
+    if stats["unstable"]:
+        text += f" {DAGGER}{stats['unstable']}"
     extra = ", ".join(f"{v} {k}" for k, v in stats["others"].items())
     if not extra:
         return text
@@ -211,7 +236,9 @@ def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metr
                 line.append(_cell_text(stats, metric))
                 records.append(_record(by, by_values, rows, r, cols, c, metric_name, stats, sub))
             body.append(line)
-        notes = [f"{metric.label}; mean ± std over seeds (n finished runs)."]
+        notes = [f"{metric.label}; mean ± std over seeds (n runs that trained to the end)."]
+        if any(r["unstable"] for r in records):
+            notes.append(UNSTABLE_NOTE)
         if extra:
             notes.append(f"split by {', '.join(extra)}: runs in one cell differed in {'it' if len(extra) == 1 else 'them'}.")
         notes += _dataset_notes(part["dataset"])
@@ -227,7 +254,7 @@ def _record(by, by_values, rows, r, cols, c, metric_name, stats, sub) -> dict:
     datasets = sub["dataset"].unique()
     record.update({
         "metric": metric_name, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
-        "not_finished": ";".join(f"{k}={v}" for k, v in stats["others"].items()),
+        "unstable": stats["unstable"], "not_finished": ";".join(f"{k}={v}" for k, v in stats["others"].items()),
         "note": " ".join(_dataset_notes(datasets)),
     })
     return record
@@ -236,15 +263,27 @@ def _record(by, by_values, rows, r, cols, c, metric_name, stats, sub) -> dict:
 def _metric(name: str) -> Metric:
     """The Metric named ``name``, or an error listing the valid names."""
     if name not in METRICS:
-        raise unknown_choice("metric", name, METRICS)
+        raise unknown_choice("metric", name, [*METRICS, "alignment"])
     return METRICS[name]
 
 
+def _selection_metric(selection: str, as_error: bool) -> Metric:
+    """The metric that reads a published selection rule's measured twin, as error or accuracy."""
+    words = {"final": "final-epoch", "best-test": "best-test-epoch", "test-at-best-val": "best-validation-epoch"}
+    kind = "error" if as_error else "accuracy"
+    return Metric(SELECTION_COLUMNS[selection], f"{words[selection]} test top-1 {kind} (%)", error=as_error)
+
+
 def build_comparison(frame, *, metric_name: str) -> list[Block]:
-    """One block per dataset: measured vs published, with difference, for every matched group."""
-    if metric_name not in ("top1-err", "top1"):
-        raise FabenchError(f"published numbers are top-1 error; use --metric top1-err or top1 with --compare published, not '{metric_name}'")
+    """One block per dataset: measured vs published, with difference, for every matched group.
+
+    Each group is measured with the selection rule of the number it is compared with (see the
+    module docstring); ``metric_name`` chooses error or accuracy.
+    """
     metric = _metric(metric_name)
+    if metric.column not in SELECTION_COLUMNS.values():
+        raise FabenchError(f"published numbers are top-1 error; with --compare published use --metric top1-err "
+                           f"or top1 (or best-top1-err, test-at-best-val-err, ...), not '{metric_name}'")
     if frame.empty:
         raise FabenchError("no runs match the filters")
     published = load_published()
@@ -255,24 +294,34 @@ def build_comparison(frame, *, metric_name: str) -> list[Block]:
     shown = keys[1:]
     blocks = []
     for dataset, part in frame.groupby("dataset", sort=False):
-        block = Block(f"dataset={dataset}", [*shown, "measured", "n", "published", "Δ", "source"], [])
+        block = Block(f"dataset={dataset}", [*shown, "selection", "measured", "n", "published", "Δ", "source"], [])
         used: set[str] = set()
         for values, sub in part.groupby(shown, dropna=False, sort=False):
             named = {"dataset": dataset, **dict(zip(shown, values, strict=True))}
-            stats = _cell_stats(sub, metric)
             match, why = match_published(published, dataset, named["arch"], named["rule"], named["optimizer"])
+            selection = match.selection if match else next(k for k, v in SELECTION_COLUMNS.items() if v == metric.column)
+            measure = _selection_metric(selection, metric.error)
+            stats = _cell_stats(sub, measure)
             pub_value = None if match is None else (match.value if metric.error else 100.0 - match.value)
             delta = stats["mean"] - pub_value if (pub_value is not None and stats["n"]) else None
             source = "" if match is None else match.source + (f" ({why})" if why else "")
             if match is not None:
                 used.add(match.source)
-            block.body.append([*map(str, values), _cell_text(stats, metric), str(stats["n"]),
+            if match is not None and not stats["n"] and len(sub):
+                source += f"; measured runs lack {measure.column} (a {selection} comparison needs it)"
+            block.body.append([*map(str, values), selection, _cell_text(stats, measure), str(stats["n"]),
                                "" if pub_value is None else f"{pub_value:.2f}",
                                "" if delta is None else f"{delta:+.2f}", source])
-            block.records.append({**named, "metric": metric_name, "mean": stats["mean"], "std": stats["std"],
-                                  "n": stats["n"], "published": pub_value, "delta": delta, "source": source,
+            block.records.append({**named, "metric": metric_name, "selection": selection, "mean": stats["mean"],
+                                  "std": stats["std"], "n": stats["n"], "unstable": stats["unstable"],
+                                  "published": pub_value, "delta": delta, "source": source,
                                   "note": " ".join(_dataset_notes([dataset]))})
-        block.notes.append(f"{metric.label}; measured: mean ± std over seeds (n finished runs); Δ = measured - published.")
+        kind = "error" if metric.error else "accuracy"
+        block.notes.append(f"test top-1 {kind} (%) at the epoch the published source selects (selection: final "
+                           "epoch, best test epoch, or test at the best-validation epoch); measured: mean ± std over "
+                           "seeds (n runs); Δ = measured - published.")
+        if any(r["unstable"] for r in block.records):
+            block.notes.append(UNSTABLE_NOTE)
         if base_dataset(dataset) != dataset:
             block.notes.append(f"published numbers are for {base_dataset(dataset)}, measured on {dataset}.")
         block.notes += _dataset_notes([dataset])
@@ -287,9 +336,10 @@ def build_comparison(frame, *, metric_name: str) -> list[Block]:
 def _settings_text(frame) -> str:
     """The training settings of measured runs (each value, or the set of values if they differ)."""
     parts = []
-    for column, name in (("epochs", "epochs"), ("batch_size", "batch"), ("subset", "subset"), ("image_size", "image size")):
-        values = [_key_text(v) for v in dict.fromkeys(frame[column])]
-        if values != ["-"]:
+    for column, name in (("epochs", "epochs"), ("batch_size", "batch"), ("subset", "subset"), ("val_split", "val split"),
+                         ("image_size", "image size")):
+        values = list(dict.fromkeys(_key_text(v) for v in frame[column]))
+        if values not in (["-"], ["0"]):
             parts.append(f"{name} {'/'.join(values)}")
     return ", ".join(parts)
 

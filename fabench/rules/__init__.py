@@ -9,9 +9,9 @@ See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table
 """
 
 from fabench.rules._apply import FeedbackHandle, RuleOptions, apply, covered_layers
-from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule
+from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule, rule_family
 
 __all__ = [
     "FeedbackHandle", "RuleOptions", "RuleSpec", "apply", "covered_layers",
-    "list_modifiers", "list_rules", "parse_rule",
+    "list_modifiers", "list_rules", "parse_rule", "rule_family",
 ]

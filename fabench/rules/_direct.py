@@ -169,13 +169,17 @@ class LayerFeedback:
                 raise FabenchError(f"layer '{self.name}' has not run a training forward yet; its "
                                    f"{self.state.rule} feedback shape is unknown")
             rows, cols = self.matrix_shape()
-            std = _virtual_std(self.virtual_weight_shape(), self.module, self.scale, self.init)
+            std = self.std()
             self._matrix = RandomMatrix(self.seed, self.name, self.purpose, rows, cols, std)
         return self._matrix
 
     def virtual_weight_shape(self) -> tuple[int, int]:
         """The ``[fan_out, fan_in]`` Linear weight whose init gives the matrix's std."""
         raise NotImplementedError
+
+    def std(self) -> float:
+        """The matrix entries' standard deviation: ``scale``, else ``init`` on the virtual weight."""
+        return _virtual_std(self.virtual_weight_shape(), self.module, self.scale, self.init)
 
     def held(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """The materialised matrix (drawn at first use), or None when the plan says tiled."""
@@ -253,6 +257,15 @@ class StructuredDFA(LayerFeedback):
     def virtual_weight_shape(self):
         # fan-in: the (position, tap) pairs summed into δx, so that ‖δx‖² ≈ 2‖e‖² as for dfa
         return self.state.num_classes, self.matrix_shape()[1] * math.prod(self.out_shape[1:])
+
+    def std(self) -> float:
+        """As for every matrix, except ``xavier``: Glorot's std of the kernel tensor itself,
+        ``[classes, C_in, k_h, k_w]`` (fan-in C_in·k², fan-out classes·k²), which is what BioTorch's
+        DFA layer draws (its published ``dfa`` numbers); its δx is then larger than dfa's."""
+        if self.scale is None and self.init == "xavier":
+            kernel = (self.state.num_classes, self.in_shape[0], *self.module.kernel_size)
+            return _init.init_std(torch.empty(kernel, device="meta"), "xavier")
+        return super().std()
 
     def product_flops(self, batch: int) -> float:
         """The taps' matmul plus the depthwise transposed conv that spreads them over the map."""

@@ -60,6 +60,17 @@ _define("dfa-conv", "dfa-conv", "DFA whose conv feedback is a random [classes ×
 _define("dense-fa", "dense", "FA whose conv feedback is a dense fixed random [d_out × d_in] matrix, no weight sharing [inf]")
 
 
+#: The family of each feedback kind: what kind of feedback reaches the hidden layers. Training
+#: recipes (fabench.train.recipes) differ by family, never by rule name.
+FAMILIES = {"bp": "bp", "fixed": "random", "dense": "random", "usf": "sign", "magnitude": "sign", "sn": "sign",
+            "brsf": "sign", "dfa": "direct", "dfa-conv": "direct"}
+
+
+def rule_family(spec: str) -> str:
+    """``bp``, ``sign`` (sign-concordant), ``random`` (fixed random B), ``direct`` (DFA) or ``learned``."""
+    return FAMILIES[parse_rule(spec).base.kind]
+
+
 def list_rules(pattern: str = "*") -> dict[str, str]:
     """Rule names matching an fnmatch ``pattern``, each with its one-line description."""
     return {name: RULES.get(name).description for name in RULES.names(pattern)}

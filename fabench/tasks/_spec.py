@@ -7,7 +7,9 @@ optionally named ``variants``) and the RunConfig settings of its cells:
 - ``variants``: named groups of settings that form one more grid axis (e.g. ``sgd``/``adam``);
 - ``when``: a list of ``{match: {rule|arch|dataset|seed|variant: pattern(s)}, set: {...}}``
   entries applied in order to the cells they match (fnmatch patterns), e.g. "arch1 uses Adam"
-  or "dfa uses a smaller learning rate".
+  or "dfa uses a smaller learning rate";
+- ``skip``: a list of ``{rule|arch|dataset|seed|variant: pattern(s)}`` mappings; cells matching
+  one are not part of the grid (e.g. dense-fa on a ResNet, whose matrices would not fit).
 
 Precedence, lowest first: RunConfig defaults < ``overrides`` < the cell's variant < matching
 ``when`` entries in file order. Every value is checked where it is written, so an error names
@@ -31,7 +33,7 @@ from fabench.train.config import RunConfig
 #: Keys a task file may hold.
 TASK_KEYS = (
     "task", "version", "description", "notes", "include",
-    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when",
+    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when", "skip",
 )
 #: Keys a complete task needs (fragments, files named ``_*.yaml``, may leave them out).
 REQUIRED_KEYS = ("task", "version", "description", "rules", "archs", "datasets", "seeds")
@@ -104,6 +106,7 @@ class Task:
     overrides: dict[str, Any]
     variants: dict[str, dict[str, Any]]
     when: tuple[When, ...]
+    skip: tuple[When, ...] = ()
 
     def cells(self, **placement: Any) -> list[Cell]:
         """Expand the grid into cells; ``placement`` sets results_dir, data_dir, device, ...
@@ -114,6 +117,8 @@ class Task:
         cells = []
         for seed, dataset, arch, variant, rule in itertools.product(self.seeds, self.datasets, self.archs, variants, self.rules):
             axes = {"rule": rule, "arch": arch, "dataset": dataset, "seed": seed, "variant": variant or ""}
+            if any(entry.applies(axes) for entry in self.skip):
+                continue
             settings = dict(self.overrides)
             if variant is not None:
                 settings.update(self.variants[variant])
@@ -295,26 +300,37 @@ class _Checker:
             if not isinstance(item, dict) or set(item) != {"match", "set"}:
                 self.add(where, "each 'when' entry needs exactly the keys 'match' and 'set'")
                 continue
-            match = self._match(i, item["match"])
+            match = self._match(("when", i, "match"), item["match"])
             settings = self.settings(("when", i, "set"), item["set"])
             if match is not None:
                 entries.append(When(match, settings))
         return tuple(entries)
 
-    def _match(self, index: int, value: Any) -> dict[str, tuple[str, ...]] | None:
+    def skip(self) -> tuple[When, ...]:
+        """Cells left out of the grid: a list of ``match`` mappings."""
+        value = self.raw.data.get("skip")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.add(self.raw.loc("skip"), "'skip' must be a list of {rule|arch|dataset|seed|variant: pattern(s)} mappings")
+            return ()
+        entries = [self._match(("skip", i), item) for i, item in enumerate(value)]
+        return tuple(When(match, {}) for match in entries if match is not None)
+
+    def _match(self, path: tuple, value: Any) -> dict[str, tuple[str, ...]] | None:
         """A ``match`` mapping: known axes to one pattern or a list of patterns."""
-        where = self.raw.loc("when", index, "match")
+        where = self.raw.loc(*path)
         if not isinstance(value, dict) or not value:
             self.add(where, f"'match' must map some of {', '.join(MATCH_KEYS)} to fnmatch patterns")
             return None
         match = {}
         for key, patterns in value.items():
             if key not in MATCH_KEYS:
-                self.add(self.raw.loc("when", index, "match", key), str(unknown_choice("match key", str(key), MATCH_KEYS)))
+                self.add(self.raw.loc(*path, key), str(unknown_choice("match key", str(key), MATCH_KEYS)))
                 continue
             items = patterns if isinstance(patterns, list) else [patterns]
             if not items or not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in items):
-                self.add(self.raw.loc("when", index, "match", key), f"'match.{key}' must be a pattern or a list of patterns")
+                self.add(self.raw.loc(*path, key), f"'{key}' must be a pattern or a list of patterns")
                 continue
             match[key] = tuple(str(p) for p in items)
         return match
@@ -385,21 +401,19 @@ def build_task(raw: RawTask, *, fragment: bool = False) -> tuple[Task | None, li
     overrides = checker.settings(("overrides",), raw.data.get("overrides"))
     variants = checker.variants()
     when = checker.when()
+    skip = checker.skip()
     if fragment or checker.problems:
         return None, checker.problems
-    task = Task(name, version, description, notes, raw.path, rules, archs, datasets, seeds, overrides, variants, when)
+    task = Task(name, version, description, notes, raw.path, rules, archs, datasets, seeds, overrides, variants, when, skip)
     _check_cells(task, raw, checker)
     return (None if checker.problems else task), checker.problems
 
 
 def _cell_checks(config: RunConfig) -> None:
     """Everything fabench.train checks about a config before it builds anything (no data, no model)."""
-    from fabench.rules import RuleOptions
-    from fabench.train.optim import check_optimization
+    from fabench.train.session import check_config
 
-    config.validate()
-    check_optimization(config)
-    RuleOptions(scale=config.feedback_scale, init=config.feedback_init).validate()
+    check_config(config)
 
 
 def _field_in(message: str) -> str | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from fabench.errors import FabenchError
 from fabench.tasks._spec import Cell, Task
+from fabench.train.schema import DONE_STATUSES
 
 #: Seconds the parent waits for busy workers to checkpoint after Ctrl-C before killing them.
 STOP_GRACE_S = 120.0
@@ -73,7 +74,7 @@ class GridSummary:
 
     @property
     def finished(self) -> int:
-        return sum(o.status == "finished" for o in self.outcomes)
+        return sum(o.status in DONE_STATUSES for o in self.outcomes)
 
     @property
     def failed(self) -> int:
@@ -82,9 +83,15 @@ class GridSummary:
     def line(self) -> str:
         text = (f"grid {self.task}: {self.selected} cells selected, {self.skipped} already finished, "
                 f"{self.finished} finished now, {self.failed} failed or diverged")
+        unstable = sum(o.status == "unstable" for o in self.outcomes)
+        if unstable:
+            text += f" ({unstable} of them unstable)"
         busy = sum(o.status == "busy" for o in self.outcomes)
         if busy:
             text += f", {busy} left to another process training them"
+        elsewhere = sum(o.status == "skipped" for o in self.outcomes)
+        if elsewhere:
+            text += f", {elsewhere} finished meanwhile by another process"
         left = self.selected - self.skipped - len(self.outcomes)
         if self.interrupted:
             text += f"; interrupted ({left} not started). Rerun the same command to resume"
@@ -101,6 +108,22 @@ def parse_gpus(text: str | None) -> tuple[str, ...]:
     if any(not i or " " in i for i in ids) or len(set(ids)) != len(ids):
         raise FabenchError(f"--gpus takes distinct device ids separated by commas, e.g. 0,1; got '{text}'")
     return ids
+
+
+def check_placement(device: str, gpu_ids: tuple[str, ...]) -> None:
+    """Refuse, before any cell runs, a device or GPU list this machine does not have."""
+    from fabench.train.device import resolve_device
+
+    resolve_device(device)
+    if gpu_ids:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        missing = [i for i in gpu_ids if not i.isdigit() or int(i) >= count]
+        if missing:
+            have = f"cuda 0..{count - 1}" if count else "no CUDA device"
+            raise FabenchError(f"--gpus {','.join(gpu_ids)}: GPU {missing[0]} is not here ({have}); "
+                               "drop --gpus to run on the CPU with --workers")
 
 
 def recorded_status(results_dir: Path) -> dict[str, str]:
@@ -127,13 +150,14 @@ def run_dir(cell: Cell) -> Path:
 def cell_state(cell: Cell, statuses: dict[str, str], force: bool) -> str:
     """``done``, ``resume`` (a checkpoint exists), ``retry (<last status>)`` or ``todo``."""
     status = statuses.get(cell.run_id)
-    if status == "finished" and not force:
+    done = status in DONE_STATUSES
+    if done and not force:
         return "done"
-    if (run_dir(cell) / "last.pt").is_file() and status != "finished":
+    if (run_dir(cell) / "last.pt").is_file() and not done:
         return "resume"
-    if status and status != "finished":
+    if status and not done:
         return f"retry ({status})"
-    return "rerun" if status == "finished" else "todo"
+    return "rerun" if done else "todo"
 
 
 def dry_run_report(task: Task, cells: list[Cell], results_dir: Path, *, force: bool = False) -> None:
@@ -142,7 +166,7 @@ def dry_run_report(task: Task, cells: list[Cell], results_dir: Path, *, force: b
     states = [cell_state(c, statuses, force) for c in cells]
     print("state\trun_id\tcell\tsettings")
     for cell, state in zip(cells, states, strict=True):
-        c = cell.config
+        c = cell.config.resolved()
         settings = f"epochs={c.epochs} bs={c.batch_size} {c.optimizer} lr={c.lr:g} wd={c.weight_decay:g} {c.schedule}"
         print(f"{state}\t{cell.run_id}\t{cell.label}\t{settings}")
     done = states.count("done")
@@ -172,7 +196,7 @@ def record_failure(cell: Cell, error: str) -> None:
     from fabench.train.records import upsert_run_row
 
     row = _row_of(cell)
-    if row is not None and row["status"] == "finished":
+    if row is not None and row["status"] in DONE_STATUSES:
         return
     results_dir = Path(cell.config.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +213,7 @@ def _busy_elsewhere(cell: Cell) -> bool:
     lock = run_dir(cell) / RUN_LOCK
     if not lock.is_file():
         return False
-    with file_lock(lock, blocking=False) as mine:
+    with file_lock(lock, blocking=False, remove=True) as mine:
         return not mine
 
 
@@ -225,6 +249,8 @@ def run_cell(cell: Cell, *, force: bool, on_event: Callable[[dict], None] | None
             record_failure(cell, error)
         return CellOutcome(cell, "failed", error, None, time.monotonic() - started)
     row = result.row or {}
+    if result.skipped:  # another grid on this folder finished it since this grid looked
+        return CellOutcome(cell, "skipped", f"already {result.status} (by another process)", _top1(row), 0.0)
     return CellOutcome(cell, result.status, str(row.get("error", "") or ""), _top1(row), time.monotonic() - started)
 
 
@@ -460,7 +486,7 @@ def run_grid(task: Task, cells: list[Cell], results_dir: Path, options: GridOpti
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
     statuses = recorded_status(results_dir)
-    todo = [c for c in cells if options.force or statuses.get(c.run_id) != "finished"]
+    todo = [c for c in cells if options.force or statuses.get(c.run_id) not in DONE_STATUSES]
     summary = GridSummary(task.name, len(cells), len(cells) - len(todo))
     display = make_display(task.name, total=len(todo), skipped=summary.skipped, rich=options.progress)
     restore = _sigterm_as_interrupt()

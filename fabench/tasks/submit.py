@@ -35,6 +35,7 @@ from pathlib import Path
 from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._spec import Cell, Task
 from fabench.tasks.grid import CellOutcome, GridSummary, record_failure, recorded_status
+from fabench.train.schema import DONE_STATUSES
 
 #: ``--launcher`` values; ``submitit-local`` is for tests and is not listed in ``--help``.
 LAUNCHERS = ("local", "submitit", "submitit-local")
@@ -186,7 +187,7 @@ def submit_grid(task: Task, cells: list[Cell], results_dir: Path, options: Slurm
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
     statuses = recorded_status(results_dir)
-    todo = [job_cell(c, options) for c in cells if force or statuses.get(c.run_id) != "finished"]
+    todo = [job_cell(c, options) for c in cells if force or statuses.get(c.run_id) not in DONE_STATUSES]
     summary = GridSummary(task.name, len(cells), len(cells) - len(todo))
     if not todo:
         print(f"{summary.line()}; nothing to submit", file=sys.stderr)

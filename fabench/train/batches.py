@@ -104,6 +104,16 @@ class RunData:
             batches = _isolated_rng(self._train, self.generator)
         return self._place(itertools.islice(batches, skip, None))
 
+    @property
+    def n_val(self) -> int:
+        return getattr(self.dataset, "n_val", 0)
+
+    def val(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The validation split once, in order (empty without ``--val-split``)."""
+        if self._loader is None or not self.n_val:
+            return iter(())
+        return self._place(self._loader.val_batches(batch_size or self.batch_size))
+
     def test(self, batch_size: int | None = None) -> Iterator[Batch]:
         """The test split once, in order."""
         if self._loader is not None:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 from fabench.errors import FabenchError
 
-#: Fields that do not change what is computed, hence excluded from ``run_id``.
+#: Fields that do not change what is computed, hence excluded from ``run_id`` (``recipe``: its
+#: effect is in the resolved values, which are hashed).
 NON_IDENTITY_FIELDS = frozenset(
-    {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory"}
+    {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory", "recipe"}
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -42,25 +43,33 @@ class RunConfig:
     # data
     subset: int | None = None
     image_size: int | None = None
-    # optimisation
+    # held-out validation images (class-balanced, drawn with seed 0, never trained on)
+    val_split: int = 0
+    # optimisation. Fields left None are filled by the recipe (fabench.train.recipes): per
+    # architecture and rule family, then per optimizer; `recipe` picks it (auto, none, a name).
+    recipe: str = "auto"
     epochs: int = 10
     batch_size: int = 128
-    # Adam 1e-3 by default: Lance & Kieu's recipe for arch1, and safe on BN-free nets where
-    # SGD's usable learning rate depends on the architecture (SGD 0.05 diverges on AlexNet).
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     step_size: int = 30
     warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    # forward weights (see fabench.archs.reinitialise); None: from the recipe
+    weight_init: str | None = None
+    weight_init_scale: float | None = None
     # feedback rule options (see fabench.rules)
     feedback_scale: float | None = None
     feedback_init: str = "auto"
+    sn_norm: str = "fro"
+    ei_mode: str = "zero"
     exclude: list[str] = field(default_factory=list)
     feedback_memory: str = "auto"
     # numerics and speed
@@ -77,34 +86,58 @@ class RunConfig:
     progress: bool = True
 
     def validate(self) -> RunConfig:
-        """Check values a user can get wrong; raise FabenchError naming what would be right."""
+        """Check values a user can get wrong; raise FabenchError naming what would be right.
+
+        Fields still unset (None, to be filled by the recipe) are not checked here; the
+        resolved config is validated again before a run starts.
+        """
+        from fabench.archs import WEIGHT_INITS
+        from fabench.rules._tiles import parse_feedback_memory
+        from fabench.train.recipes import RECIPE_CHOICES, RECIPES
+
+        recipes = (*RECIPE_CHOICES, *(r.name for r in RECIPES))
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'"),
+            (self.optimizer in (None, *OPTIMIZERS), f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'"),
             (self.subset is None or self.subset >= 1, f"--subset must be at least 1, got {self.subset}"),
+            (self.image_size is None or self.image_size >= 1, f"--image-size must be at least 1 pixel, got {self.image_size}"),
+            (self.val_split >= 0, f"--val-split must be a number of images >= 0, got {self.val_split}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}"),
+            (self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}"),
+            (self.momentum is None or self.momentum >= 0, f"--momentum must be non-negative, got {self.momentum}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {self.warmup_epochs}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}"),
+            (self.weight_init in (None, *WEIGHT_INITS), f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{self.weight_init}'"),
+            (self.weight_init_scale is None or self.weight_init_scale > 0, f"--weight-init-scale must be positive, got {self.weight_init_scale}"),
+            (self.recipe in recipes, f"--recipe must be one of {', '.join(recipes)}, got '{self.recipe}'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise FabenchError(message)
-        from fabench.rules._tiles import parse_feedback_memory
-
         parse_feedback_memory(self.feedback_memory)
         return self
 
+    def resolved(self) -> RunConfig:
+        """This config with every recipe field filled (see :mod:`fabench.train.recipes`)."""
+        from fabench.train.recipes import resolve
+
+        return resolve(self).config
+
     def identity(self) -> dict:
-        """The fields that define the result, in a stable order."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_IDENTITY_FIELDS}
+        """The fields that define the result, in a stable order, after the recipe is applied."""
+        from fabench.data import dataset_identity
+
+        values = dataclasses.asdict(self.resolved())
+        values["dataset"] = dataset_identity(values["dataset"])  # a file by its content, not its path
+        return {k: v for k, v in values.items() if k not in NON_IDENTITY_FIELDS}
 
     @property
     def run_id(self) -> str:
-        """A short hash of :meth:`identity`: equal configs share a run_id."""
+        """A short hash of :meth:`identity`: equal resolved configs share a run_id."""
         blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -55,6 +55,8 @@ class RunDisplay:
         resumed = f", resuming after epoch {event['start_epoch']}" if event["resumed"] else ""
         self._print(f"[{event['run_id']}] {event['rule']} on {event['arch']} / {event['dataset']}, "
                     f"seed {event['seed']}, {event['epochs']} epochs, {event['device']}{resumed}")
+        if event.get("recipe"):
+            self._print(f"[{event['run_id']}] {event['recipe']}")
         if not self.live:
             return
         self._bar = Progress(

@@ -9,6 +9,7 @@ takes effect once that epoch's checkpoint is written.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from fabench.train.hooks import EpochContext, EpochHook
 from fabench.train.interrupt import StopFlag, inject_after_checkpoint, inject_after_step
 from fabench.train.loop import EpochOutcome, evaluate, train_epoch
 from fabench.train.run_record import RunRecords
+from fabench.train.schema import UNSTABLE_LOSS_FACTOR, UNSTABLE_PEAK_FACTOR, UNSTABLE_RISE_FACTOR
 from fabench.train.session import Session
 
 Emit = Callable[[dict], None]
@@ -85,12 +87,18 @@ def _finish_epoch(session: Session, progress: Progress, epoch: int) -> dict:
     part = progress.partial
     test = evaluate(session.trainer.model, session.data.test(), device=session.device, amp=session.config.amp)
     test = distributed.combine_eval(test, session.device)  # DDP: each rank saw its share of the test split
+    val = {}
+    if session.data.n_val:
+        val = evaluate(session.trainer.model, session.data.val(), device=session.device, amp=session.config.amp)
+        val = distributed.combine_eval(val, session.device)
     entry = {
         "epoch": epoch, "step": progress.global_step,
         "train_loss": part["loss_sum"] / part["seen"], "train_top1": 100.0 * part["correct"] / part["seen"],
         "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"], "lr": part["lr"],
         "epoch_time_s": part["time_s"], "images_per_s": part["seen"] / max(part["time_s"], 1e-9),
     }
+    if val:
+        entry.update(val_top1=val["top1"], val_loss=val["loss"])
     progress.history.append(entry)
     progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
     return entry
@@ -133,4 +141,29 @@ def run_epochs(session: Session, progress: Progress, records: RunRecords, stop: 
         inject_after_checkpoint(epoch)
         if stop() and epoch < config.epochs:
             return "interrupted", f"stopped by {stop.signal_name} after epoch {epoch}"
+    return stability(progress.history, session.data.dataset.num_classes)
+
+
+def stability(history: list[dict], num_classes: int) -> tuple[str, str]:
+    """``("finished", "")``, or ``("unstable", why)`` when training made the loss worse.
+
+    Unstable: the final epoch's training loss is above the first epoch's (by more than
+    :data:`UNSTABLE_RISE_FACTOR`, so a flat run is not flagged by its noise), or above
+    :data:`UNSTABLE_LOSS_FACTOR` · ln(classes), the loss of predicting every class equally
+    (any model reaches it by zeroing its last layer, so ending above it means training moved
+    the model somewhere worse than knowing nothing), or some epoch's training loss went above
+    :data:`UNSTABLE_PEAK_FACTOR` · ln(classes) (a blow-up, even if the run then collapsed to
+    chance or recovered). Such a run is a result, kept with its curves; ``fabench table`` marks it.
+    """
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    ceiling = UNSTABLE_LOSS_FACTOR * math.log(num_classes)
+    peak = max(history, key=lambda e: e["train_loss"])
+    if last > UNSTABLE_RISE_FACTOR * first:
+        return "unstable", f"training loss rose from {first:.3f} (epoch 1) to {last:.3f} (epoch {len(history)})"
+    if last > ceiling:
+        return "unstable", (f"final training loss {last:.3f} is above {UNSTABLE_LOSS_FACTOR:g}·ln({num_classes}) = "
+                            f"{ceiling:.3f}, worse than predicting every class equally")
+    if peak["train_loss"] > UNSTABLE_PEAK_FACTOR * math.log(num_classes):
+        return "unstable", (f"training loss blew up to {peak['train_loss']:.4g} in epoch {peak['epoch']} (above "
+                            f"{UNSTABLE_PEAK_FACTOR:g}·ln({num_classes})) before ending at {last:.3f}")
     return "finished", ""

@@ -34,6 +34,8 @@ class Trainer:
     device: torch.device
     amp: str = "off"
     label_smoothing: float = 0.0
+    #: max global L2 norm of the gradients (None: no clipping), applied after unscaling
+    grad_clip: float | None = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns the (detached) loss and logits."""
@@ -42,6 +44,10 @@ class Trainer:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

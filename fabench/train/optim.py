@@ -9,8 +9,8 @@ Choices (documented in the README):
 - The schedule is evaluated every optimizer step (so warmup can be a fraction of an epoch);
   ``step`` and ``multistep`` change the rate at epoch boundaries, ``cosine`` decays smoothly
   from the end of warmup to zero at the last step. Warmup ramps linearly from lr/warmup_steps.
-- When a user leaves ``--lr``/``--weight-decay``/``--momentum`` unset, :data:`OPTIMIZER_DEFAULTS`
-  fills them per optimizer.
+- Values a user leaves unset are filled before this module sees the config, by the recipe and
+  the per-optimizer defaults of :mod:`fabench.train.recipes`.
 """
 
 from __future__ import annotations
@@ -22,20 +22,6 @@ import torch
 
 from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
-
-#: Defaults for values a user did not give, per optimizer. SGD's match RunConfig's defaults.
-OPTIMIZER_DEFAULTS = {
-    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "adam": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
-    "adamw": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-2},
-}
-
-
-def with_optimizer_defaults(values: dict) -> dict:
-    """Fill ``lr``, ``momentum`` and ``weight_decay`` left at None with the optimizer's defaults."""
-    name = values.get("optimizer") or RunConfig.optimizer
-    defaults = OPTIMIZER_DEFAULTS.get(name, OPTIMIZER_DEFAULTS["sgd"])
-    return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
 
 
 def check_optimization(config: RunConfig) -> None:
@@ -62,6 +48,7 @@ def check_optimization(config: RunConfig) -> None:
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """The run's optimizer over ``model``'s trainable parameters, decaying weights only."""
+    config = config.resolved()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},

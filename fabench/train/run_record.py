@@ -22,6 +22,7 @@ EPOCH_CURVES = (
     ("train_loss", "train", "loss"), ("train_top1", "train", "top1"), ("lr", "train", "lr"),
     ("images_per_s", "train", "images_per_s"), ("epoch_time_s", "train", "epoch_time_s"),
     ("test_top1", "test", "top1"), ("test_top5", "test", "top5"), ("test_loss", "test", "loss"),
+    ("val_top1", "val", "top1"), ("val_loss", "val", "loss"),
 )
 
 
@@ -38,6 +39,11 @@ def result_metrics(status: str, progress: Progress) -> dict:
     if history:
         best = max(history, key=lambda e: e["test_top1"])
         metrics.update(best_top1=best["test_top1"], best_top5=best["test_top5"], best_epoch=best["epoch"])
+        if "val_top1" in history[0]:  # the first epoch of the best validation accuracy (BioTorch keeps that model)
+            best_val = max(history, key=lambda e: e["val_top1"])
+            metrics.update(best_val_top1=best_val["val_top1"], best_val_epoch=best_val["epoch"],
+                           test_top1_at_best_val=best_val["test_top1"])
+        metrics["first_train_loss"] = history[0]["train_loss"]
         if status != "diverged":
             last = history[-1]
             metrics.update(final_top1=last["test_top1"], final_top5=last["test_top5"],
@@ -61,6 +67,7 @@ class RunRecords:
             "run_id": c.run_id, "status": "running", "config": c.to_dict(),
             "seeds": {"model_init": c.seed, "feedback": c.seed, "data_order": c.seed, "subset": SUBSET_SEED},
             "arch_source": s.arch_source, "num_params": s.num_params, "rule": s.handle.describe(),
+            "recipe": s.recipe.describe(),
             "data": s.data.summary(),
             "device": describe_device(s.device), "versions": package_versions(), "git_commit": git_commit(),
             "steps_per_epoch": s.data.steps_per_epoch,
@@ -89,7 +96,8 @@ class RunRecords:
 
     def log_epoch(self, entry: dict) -> None:
         for key, split, metric in EPOCH_CURVES:
-            self.curves.log(entry["epoch"], entry["step"], split, metric, entry[key])
+            if key in entry:
+                self.curves.log(entry["epoch"], entry["step"], split, metric, entry[key])
 
     def checkpoint(self, progress: Progress) -> None:
         """Flush curves, save ``last.pt`` atomically, then record progress in the manifest."""

@@ -29,6 +29,7 @@ from fabench.train.config import RunConfig
 from fabench.train.device import numerics
 from fabench.train.epochs import Emit, call_hooks, run_epochs
 from fabench.train.hooks import epoch_hooks
+from fabench.train.recipes import resolve
 from fabench.train.records import (
     CHECKPOINT,
     CURVES,
@@ -38,6 +39,7 @@ from fabench.train.records import (
     upsert_run_row,
 )
 from fabench.train.run_record import manifest_row
+from fabench.train.schema import DONE_STATUSES
 from fabench.train.session import Session, build_session, preflight
 
 #: Statuses from which a run continues from its checkpoint rather than starting again
@@ -63,7 +65,7 @@ def run_dir_of(config: RunConfig) -> Path:
 
 def _finished_manifest(run_dir: Path) -> dict | None:
     manifest = read_manifest(run_dir)
-    return manifest if manifest and manifest.get("status") == "finished" else None
+    return manifest if manifest and manifest.get("status") in DONE_STATUSES else None
 
 
 def _skip(manifest: dict, config: RunConfig, run_dir: Path, emit: Emit) -> RunResult:
@@ -71,9 +73,9 @@ def _skip(manifest: dict, config: RunConfig, run_dir: Path, emit: Emit) -> RunRe
     row = manifest_row(manifest)
     if distributed.is_main():  # DDP: only rank 0 writes
         upsert_run_row(Path(config.results_dir), row)
-    emit({"kind": "end", "run_id": config.run_id, "status": "finished", "skipped": True, "row": row,
+    emit({"kind": "end", "run_id": config.run_id, "status": manifest["status"], "skipped": True, "row": row,
           "run_dir": str(run_dir), "message": f"[{config.run_id}] already finished in {run_dir}; --force reruns it"})
-    return RunResult("finished", run_dir, row, skipped=True)
+    return RunResult(manifest["status"], run_dir, row, skipped=True)
 
 
 def _start_or_resume(session: Session, run_dir: Path, force: bool) -> tuple[Progress, bool]:
@@ -104,7 +106,8 @@ def _train(session: Session, run_dir: Path, force: bool, emit: Emit) -> RunResul
     emit({"kind": "start", "run_id": config.run_id, "task": config.task, "rule": config.rule, "arch": config.arch,
           "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs, "start_epoch": progress.epoch,
           "start_step": progress.step_in_epoch, "steps_per_epoch": session.data.steps_per_epoch,
-          "device": str(session.device), "run_dir": str(run_dir), "resumed": resumed})
+          "device": str(session.device), "run_dir": str(run_dir), "resumed": resumed,
+          "recipe": session.recipe.header()})
     with distributed.stop_on_signals(session.device) as stop:  # DDP: all ranks stop after the same step
         try:
             if not resumed:
@@ -129,12 +132,14 @@ def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None)
     emit = (on_event if distributed.is_main() else None) or (lambda event: None)  # DDP: rank 0 reports
     if not TASK_NAME.fullmatch(config.task):
         raise FabenchError(f"task name '{config.task}' must be letters, digits, '.', '_' or '-' (it names a folder)")
+    resolution = resolve(config)  # the recipe fills what the user left unset
+    config = resolution.config
     device = preflight(config)
     run_dir = run_dir_of(config)
     if not force and (done := distributed.agree(_finished_manifest(run_dir))):  # DDP: rank 0's view
         return _skip(done, config, run_dir, emit)
     with numerics(config.deterministic):
-        session = distributed.wrap(build_session(config, device))  # DDP: check replicas, shard data, wrap
+        session = distributed.wrap(build_session(config, device, resolution))  # DDP: check replicas, shard data, wrap
         run_dir.mkdir(parents=True, exist_ok=True)
         with distributed.main_lock(run_dir / RUN_LOCK) as mine:  # DDP: rank 0 holds the lock for all
             if not mine:

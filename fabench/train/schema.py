@@ -9,20 +9,22 @@ them in. Bump ``SCHEMA_VERSION`` whenever the columns change.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Config columns, in order; each is a field of RunConfig (plus run_id and schema_version).
 CONFIG_COLUMNS = (
     "schema_version", "run_id", "task", "task_version", "rule", "arch", "dataset", "seed",
-    "subset", "image_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-    "weight_decay", "label_smoothing", "schedule", "warmup_epochs", "feedback_scale",
-    "feedback_init", "amp", "channels_last", "compile", "deterministic",
+    "subset", "image_size", "val_split", "recipe", "epochs", "batch_size", "optimizer", "lr",
+    "momentum", "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs",
+    "grad_clip", "weight_init", "weight_init_scale", "feedback_scale", "feedback_init", "sn_norm",
+    "ei_mode", "amp", "channels_last", "compile", "deterministic",
 )
 
 #: Metric columns: accuracies in percent on the test split, times in seconds.
 METRIC_COLUMNS = (
     "status", "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
-    "best_epoch", "final_test_loss", "final_train_loss", "train_time_s", "images_per_s",
+    "best_epoch", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "final_test_loss",
+    "first_train_loss", "final_train_loss", "train_time_s", "images_per_s",
 )
 
 #: Provenance columns: where and with what the run was made.
@@ -33,8 +35,18 @@ PROVENANCE_COLUMNS = (
 
 COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + PROVENANCE_COLUMNS
 
-#: Statuses a row may carry. Only "finished" counts as done for skipping.
-STATUSES = ("finished", "diverged", "failed", "interrupted")
+#: Statuses a row may carry. "unstable": trained to the end, but the loss rose (see
+#: fabench.train.epochs.stability). Those in DONE_STATUSES are results: a rerun skips them.
+STATUSES = ("finished", "unstable", "diverged", "failed", "interrupted")
+DONE_STATUSES = ("finished", "unstable")
+#: A final training loss above this multiple of ln(classes) marks a run unstable
+#: (fabench.train.epochs.stability): half again the loss of predicting every class equally.
+UNSTABLE_LOSS_FACTOR = 1.5
+#: An epoch's mean training loss above this multiple of ln(classes) is a blow-up: unstable.
+UNSTABLE_PEAK_FACTOR = 3.0
+#: A final training loss above the first epoch's by more than this factor is a rise: unstable
+#: (2 %: a run that stays flat near ln(classes) is "not learning", not unstable).
+UNSTABLE_RISE_FACTOR = 1.02
 
 
 def make_row(config: dict, metrics: dict, provenance: dict) -> dict:

@@ -24,24 +24,38 @@ from fabench.train.config import RunConfig
 from fabench.train.device import check_amp, make_grad_scaler, resolve_device
 from fabench.train.loop import Trainer
 from fabench.train.optim import build_optimizer, build_scheduler, check_optimization
+from fabench.train.recipes import Resolution, resolve
 from fabench.train.records import check_results_dir
 
 SUBSET_SEED = 0
 
 
-def preflight(config: RunConfig) -> torch.device:
-    """Validate ``config`` without building anything; return the device it will run on."""
+def check_config(config: RunConfig) -> RunConfig:
+    """Check every name and value of ``config`` (recipe applied) without building anything.
+
+    The one preflight of a run's settings: ``fabench run``, the grid's cells and ``fabench
+    validate`` all call it. Returns the resolved config.
+    """
     from fabench.archs import check_arch
     from fabench.data import check_dataset
     from fabench.diagnostics import parse_diagnostics
-    from fabench.rules import parse_rule
+    from fabench.rules import RuleOptions, parse_rule
 
     config.validate()
+    parse_rule(config.rule)
+    config = config.resolved().validate()
     parse_diagnostics(config.diagnostics)
     check_optimization(config)
     check_arch(config.arch)
     check_dataset(config.dataset)
-    parse_rule(config.rule)
+    options = RuleOptions(config.feedback_scale, config.feedback_init, config.sn_norm, config.ei_mode)
+    options.validate().check_used_by(parse_rule(config.rule))
+    return config
+
+
+def preflight(config: RunConfig) -> torch.device:
+    """:func:`check_config`, then the device and the results folder; return the device."""
+    check_config(config)
     device = resolve_device(config.device)
     check_amp(config.amp, device)
     check_results_dir(Path(config.results_dir))
@@ -61,6 +75,7 @@ class Session:
     arch_source: str
     trainer: Trainer
     generator: torch.Generator
+    recipe: Resolution
 
     @property
     def num_params(self) -> int:
@@ -74,20 +89,23 @@ def load_data(config: RunConfig):
 
     image_size = config.image_size or default_image_size(config.arch, config.dataset)
     return load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset,
-                        seed=SUBSET_SEED, image_size=image_size)
+                        seed=SUBSET_SEED, image_size=image_size, val_split=config.val_split)
 
 
 def build_model(config: RunConfig, dataset, device: torch.device):
     """The architecture with the rule attached, on ``device``: ``(model, handle, source)``."""
-    from fabench.archs import create_model
-    from fabench.rules import apply
+    from fabench.archs import create_model, reinitialise
+    from fabench.rules import apply, covered_layers
 
+    config = config.resolved()
     torch.manual_seed(config.seed)
     model, source = create_model(config.arch, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                                  image_size=dataset.image_size)
+    reinitialise(covered_layers(model, tuple(config.exclude)).values(), config.weight_init, config.weight_init_scale)
     side = dataset.image_size or getattr(dataset, "native_size", None)
     handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude),
                    scale=config.feedback_scale, init=config.feedback_init,
+                   sn_norm=config.sn_norm, ei_mode=config.ei_mode,
                    feedback_memory=config.feedback_memory,
                    input_shape=(dataset.in_chans, side, side) if side else None)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
@@ -95,8 +113,13 @@ def build_model(config: RunConfig, dataset, device: torch.device):
     return model, handle, source
 
 
-def build_session(config: RunConfig, device: torch.device) -> Session:
-    """Load data, build model, rule, optimizer, schedule; raise FabenchError on bad input."""
+def build_session(config: RunConfig, device: torch.device, recipe: Resolution | None = None) -> Session:
+    """Load data, build model, rule, optimizer, schedule; raise FabenchError on bad input.
+
+    ``recipe`` is how ``config`` was resolved (resolved here when not given).
+    """
+    recipe = recipe or resolve(config)
+    config = recipe.config
     dataset = load_data(config)
     generator = torch.Generator().manual_seed(config.seed)
     data = RunData(dataset, device, generator=generator, batch_size=config.batch_size,
@@ -108,5 +131,5 @@ def build_session(config: RunConfig, device: torch.device) -> Session:
     scheduler = build_scheduler(optimizer, config, data.steps_per_epoch)
     forward = torch.compile(model) if config.compile else model
     trainer = Trainer(forward, optimizer, scheduler, make_grad_scaler(config.amp, device), device,
-                      amp=config.amp, label_smoothing=config.label_smoothing)
-    return Session(config, device, data, model, handle, source, trainer, generator)
+                      amp=config.amp, label_smoothing=config.label_smoothing, grad_clip=config.grad_clip)
+    return Session(config, device, data, model, handle, source, trainer, generator, recipe)

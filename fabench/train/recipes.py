@@ -1,0 +1,167 @@
+"""Default training recipes: the one place that says how each architecture trains under each rule family.
+
+A run's optimizer, learning rate, momentum, weight decay and forward-weight init may be left
+unset (``None`` in :class:`RunConfig`). :func:`resolve` fills each unset field, in this order:
+
+1. the matching recipe's setting for the rule's *family* (``bp``, ``sign``: sign-concordant
+   feedback, ``random``: fixed random feedback, ``direct``: DFA, ``learned``: learned feedback);
+2. the recipe's setting for every rule;
+3. the optimizer's own defaults (:data:`OPTIMIZER_DEFAULTS`);
+4. :data:`FALLBACK` (Adam, the architecture's own init).
+
+Optimizer-specific values (``lr``, ``momentum``, ``weight_decay``) of a recipe are used only
+when the run's optimizer is the recipe's: a user who picks ``--optimizer sgd`` on a recipe made
+for Adam gets SGD's defaults, never Adam's learning rate. Whatever the user (or a task file)
+sets is kept as given. The resolved config is what ``run_id`` hashes, so giving a value
+explicitly or getting it from the recipe is the same run.
+
+Why the families differ (README, "What makes plain FA learn", from ``tasks/fa-stability.yaml``):
+on networks without normalisation layers, fixed random feedback (``fa``, ``dense-fa``) and DFA
+move the hidden weights along directions set by B before the output layer has aligned with
+them; from full-size (Kaiming) forward weights that blows the logits up (training loss 7-13 on
+arch1, far above ln 10). Starting those forward weights at 0.1x their scale lets the output
+layers align with B before the hidden layers' changes can reach the logits, as Lillicrap et
+al. 2016 started FA networks from small weights (BioTorch reaches stability the other way, with
+a 10-100x smaller SGD learning rate for FA and DFA, which at CPU scale learns far more slowly).
+Backprop and the sign-concordant rules train best from the architecture's own init, and keep it;
+the optimizer and learning rate are the same for every family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from dataclasses import dataclass, field
+
+#: Fields a recipe may fill; RunConfig leaves them None until resolved.
+RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "weight_init", "weight_init_scale")
+#: Of those, the ones whose meaning depends on the optimizer.
+OPTIMIZER_FIELDS = ("lr", "momentum", "weight_decay")
+
+#: Per-optimizer defaults for values nobody set (SGD's are a common CIFAR recipe).
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "adam": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-2},
+}
+#: What a field gets when neither the user, a recipe nor the optimizer sets it.
+FALLBACK = {"optimizer": "adam", "weight_init": "default", "weight_init_scale": 1.0}
+RECIPE_CHOICES = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings for a group of architectures, with per-family changes and their source."""
+
+    name: str
+    archs: tuple[str, ...]
+    settings: dict
+    by_family: dict = field(default_factory=dict)
+    source: str = ""
+
+    def matches(self, arch: str) -> bool:
+        bare = arch.split(":", 1)[1] if arch.startswith("fabench:") else arch
+        return any(fnmatch.fnmatchcase(bare, pattern) for pattern in self.archs)
+
+    def for_family(self, family: str) -> dict:
+        return {**self.settings, **self.by_family.get(family, {})}
+
+
+_SMALL_INIT = {"weight_init_scale": 0.1}
+
+RECIPES = (
+    Recipe(
+        "small-cnn", ("arch1", "lenet", "lenet-biotorch", "mlp"),
+        {"optimizer": "adam", "lr": 1e-3},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        "Adam 1e-3 as Lance & Kieu 2026 train arch1; random feedback and DFA start from 0.1x "
+        "forward weights (tasks/fa-stability.yaml)",
+    ),
+    Recipe(
+        "alexnet", ("alexnet",),
+        {"optimizer": "adam", "lr": 1e-3, "weight_init": "xavier-uniform"},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        "as small-cnn, from Xavier-uniform forward weights (BioTorch's init): from its own Kaiming init the "
+        "BN-free AlexNet starts at 1.6x ln(10) and Adam blows it up further (README, recipes)",
+    ),
+    Recipe(
+        "cifar-resnet", ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
+        {"optimizer": "adam", "lr": 1e-3},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        "Adam 1e-3 as BioTorch's Adam configs; random feedback and DFA as small-cnn "
+        "(tasks/fa-stability.yaml)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resolved config, the recipe that filled it, and where each recipe field came from."""
+
+    config: object
+    recipe: str
+    family: str
+    sources: dict
+
+    def describe(self) -> dict:
+        """JSON-ready, for the manifest."""
+        recipe = find_recipe(self.recipe)
+        return {"name": self.recipe, "family": self.family, "source": recipe.source if recipe else "",
+                "fields": {k: {"value": getattr(self.config, k), "from": v} for k, v in self.sources.items()}}
+
+    def header(self) -> str:
+        """One line for the run header: the recipe and what it set."""
+        set_here = [f"{k} {getattr(self.config, k):g}" if isinstance(getattr(self.config, k), float)
+                    else f"{k} {getattr(self.config, k)}" for k, v in self.sources.items() if v.startswith("recipe")]
+        what = ", ".join(set_here) if set_here else "nothing (all given)"
+        return f"recipe {self.recipe}/{self.family}: {what}"
+
+
+def find_recipe(name: str) -> Recipe | None:
+    return next((r for r in RECIPES if r.name == name), None)
+
+
+def recipe_for(arch: str, choice: str = "auto") -> Recipe | None:
+    """The recipe a run gets: the first matching ``auto``, a named one, or none."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        recipe = find_recipe(choice)
+        if recipe is None:
+            from fabench.errors import unknown_choice
+
+            raise unknown_choice("recipe", choice, [*RECIPE_CHOICES, *(r.name for r in RECIPES)])
+        return recipe
+    return next((r for r in RECIPES if r.matches(arch)), None)
+
+
+def rule_family(rule: str) -> str:
+    """The family of a rule spec such as ``fa-usf-sn+const`` (see :mod:`fabench.rules`)."""
+    from fabench.rules import rule_family as family_of
+
+    return family_of(rule)
+
+
+def resolve(config) -> Resolution:
+    """``config`` with every recipe field filled (see the module docstring)."""
+    family = rule_family(config.rule)
+    recipe = recipe_for(config.arch, config.recipe)
+    offered = recipe.for_family(family) if recipe else {}
+    values, sources = {}, {}
+    for name in RECIPE_FIELDS:
+        given = getattr(config, name)
+        if given is not None:
+            values[name], sources[name] = given, "given"
+    optimizer = values.get("optimizer") or offered.get("optimizer") or FALLBACK["optimizer"]
+    recipe_optimizer = offered.get("optimizer", optimizer)
+    for name in RECIPE_FIELDS:
+        if name in values:
+            continue
+        usable = name not in OPTIMIZER_FIELDS or recipe_optimizer == optimizer
+        if usable and name in offered:
+            values[name], sources[name] = offered[name], f"recipe {recipe.name}"
+        elif name in OPTIMIZER_FIELDS:
+            values[name], sources[name] = OPTIMIZER_DEFAULTS.get(optimizer, OPTIMIZER_DEFAULTS["sgd"])[name], f"{optimizer} default"
+        else:
+            values[name], sources[name] = FALLBACK[name], "default"
+    return Resolution(dataclasses.replace(config, **values), recipe.name if recipe else "none", family, sources)
