@@ -112,13 +112,15 @@ def plot(
         raise FabenchError(f"plot KIND must be curves or alignment, got '{kind}'")
     if out is not None and out.suffix.lower() != ".png":
         raise FabenchError(f"--out must end in .png, got '{out}'")
+    from fabench.train.records import check_output_file
+
+    if out is not None:
+        check_output_file(out, "--out")
     frame = _load_runs(results_dir, task=task, rule=rule, arch=arch, dataset=dataset)
     if out is None:
         tasks = sorted(set(map(str, frame["task"])))
         out = results_dir / f"{tasks[0] if len(tasks) == 1 else 'all'}-{kind}.png"
-    from fabench.train.records import check_output_file
-
-    check_output_file(out, "--out")
+        check_output_file(out, "--out")
     if kind == "alignment":  # per-layer diagnostics: fabench.report.alignment
         from fabench.report.alignment import parse_epochs, plot_alignment
 

@@ -81,11 +81,10 @@ class GridSummary:
         return sum(o.status in ("failed", "diverged") for o in self.outcomes)
 
     def line(self) -> str:
-        text = (f"grid {self.task}: {self.selected} cells selected, {self.skipped} already finished, "
-                f"{self.finished} finished now, {self.failed} failed or diverged")
         unstable = sum(o.status == "unstable" for o in self.outcomes)
-        if unstable:
-            text += f" ({unstable} of them unstable)"
+        text = (f"grid {self.task}: {self.selected} cells selected, {self.skipped} already finished, "
+                f"{self.finished} finished now{f' ({unstable} of them unstable)' if unstable else ''}, "
+                f"{self.failed} failed or diverged")
         busy = sum(o.status == "busy" for o in self.outcomes)
         if busy:
             text += f", {busy} left to another process training them"
@@ -114,8 +113,9 @@ def check_placement(device: str, gpu_ids: tuple[str, ...]) -> None:
     """Refuse, before any cell runs, a device or GPU list this machine does not have."""
     from fabench.train.device import resolve_device
 
-    resolve_device(device)
-    if gpu_ids:
+    if not gpu_ids:
+        resolve_device(device)
+    else:
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
