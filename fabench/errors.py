@@ -11,7 +11,15 @@ from collections.abc import Iterable
 
 
 class FabenchError(Exception):
-    """An error caused by the user's input; its message says what is wrong and what is right."""
+    """An error caused by the user's input; its message says what is wrong and what is right.
+
+    ``setting``: the run setting (a RunConfig field name) the error is about, if any, so that a
+    task file's validation can point at the line that set it without reading the message.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def closest_first(name: str, choices: Iterable[str]) -> list[str]:

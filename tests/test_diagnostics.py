@@ -11,17 +11,22 @@ import torch
 from cli_helpers import cli
 from torch import nn
 
-from fabench.diagnostics import METRICS, measure, parse_diagnostics
+from fabench.diagnostics import METRICS, measure, parse_diagnostics, run_hooks
 from fabench.diagnostics import hook as hook_module
 from fabench.diagnostics.replay import diagnose_checkpoint
 from fabench.errors import FabenchError
 from fabench.rules import apply
-from fabench.train import run
+from fabench.train import run as train_run
 from fabench.train.config import RunConfig
 
 PROBE = 16  # probe images in these tests (runs use fabench.diagnostics.PROBE_IMAGES)
 
 
+
+
+def run(config: RunConfig):
+    """A run composed as the CLI composes it: with the probe hooks of its --diagnostics."""
+    return train_run(config, hooks=run_hooks(config))
 
 
 def arch1_with(rule: str, seed: int = 0):
@@ -270,7 +275,7 @@ def test_plot_alignment_writes_a_png(three_rules, capsys, tmp_path):
 
 def test_plot_alignment_title_says_jpeg_sample(three_rules):
     from fabench.report.alignment import _title, load_probes
-    from fabench.report.runs import read_runs
+    from fabench.train.runs_csv import read_runs
 
     probes, _ = load_probes(read_runs(three_rules).frame(), three_rules)
     assert "JPEG-re-encoded CIFAR-10 sample" in _title(probes, "cifar10-mini", "arch1")

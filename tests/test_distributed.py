@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from fabench.errors import FabenchError
-from fabench.train import distributed
+from fabench.train.batches import RankBatches, RankSlices
 from fabench.train.config import RunConfig
+from fabench.train.parallel import launch as launching
 from fabench.train.schema import DONE_STATUSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,14 +169,14 @@ def test_ranks_with_different_feedback_refuse_to_train(launched):
 # --- the pieces, without processes ------------------------------------------------------------
 
 @pytest.mark.parametrize(("environ", "expected"), [
-    ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, distributed.Launch(1, 4, 1, "torchrun")),
-    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}, distributed.Launch(5, 8, 1, "slurm")),
+    ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, launching.Launch(1, 4, 1, "torchrun")),
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}, launching.Launch(5, 8, 1, "slurm")),
     ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}, None),
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),
     ({}, None),
 ])
 def test_launch_is_read_from_torchrun_then_slurm_variables(environ, expected):
-    assert distributed.detect_launch(environ) == expected
+    assert launching.detect_launch(environ) == expected
 
 
 @pytest.mark.parametrize(("environ", "message"), [
@@ -184,13 +185,13 @@ def test_launch_is_read_from_torchrun_then_slurm_variables(environ, expected):
 ])
 def test_a_malformed_launch_is_one_error(environ, message):
     with pytest.raises(FabenchError, match=message):
-        distributed.detect_launch(environ)
+        launching.detect_launch(environ)
 
 
 def test_a_pinned_gpu_is_refused_with_several_processes():
     with pytest.raises(FabenchError, match="would put every process on one GPU"):
-        distributed.rank_device("cuda:1", distributed.Launch(0, 2, 0, "torchrun"))
-    assert distributed.rank_device("cpu", distributed.Launch(1, 2, 1, "torchrun")) == torch.device("cpu")
+        launching.rank_device("cuda:1", launching.Launch(0, 2, 0, "torchrun"))
+    assert launching.rank_device("cpu", launching.Launch(1, 2, 1, "torchrun")) == torch.device("cpu")
 
 
 def _run_data(seed: int = 0):
@@ -203,7 +204,7 @@ def _run_data(seed: int = 0):
 
 def test_the_ranks_slices_make_up_exactly_the_single_process_batches():
     whole = list(_run_data().train_epoch())
-    shards = [list(distributed.ShardedData(_run_data(), rank, 2).train_epoch()) for rank in (0, 1)]
+    shards = [list(_run_data().shard(rank, 2).train_epoch()) for rank in (0, 1)]
     assert len(whole) == len(shards[0]) == len(shards[1]) == 4
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *shards, strict=True):
         assert x0.shape[0] == x1.shape[0] == 25
@@ -212,15 +213,15 @@ def test_the_ranks_slices_make_up_exactly_the_single_process_batches():
 
 def test_the_ranks_test_batches_cover_the_test_split_once():
     whole = torch.cat([y for _, y in _run_data().test()])
-    shards = [torch.cat([y for _, y in distributed.ShardedData(_run_data(), r, 3).test()]) for r in range(3)]
+    shards = [torch.cat([y for _, y in _run_data().shard(r, 3).test()]) for r in range(3)]
     assert sum(len(s) for s in shards) == len(whole)
     assert sorted(torch.cat(shards).tolist()) == sorted(whole.tolist())
 
 
 def test_folder_slices_partition_each_global_batch():
     generators = [torch.Generator().manual_seed(3) for _ in range(4)]
-    slices = [list(distributed._RankSlices(103, 20, rank, 4, generators[rank])) for rank in range(4)]
+    slices = [list(RankSlices(103, 20, rank, 4, generators[rank])) for rank in range(4)]
     order = torch.randperm(103, generator=torch.Generator().manual_seed(3)).tolist()
     for step in range(5):
         assert [i for s in slices for i in s[step]] == order[step * 20:(step + 1) * 20]
-    assert list(distributed._RankBatches(10, 3, 1, 2)) == [[3, 4, 5], [9]]
+    assert list(RankBatches(10, 3, 1, 2)) == [[3, 4, 5], [9]]

@@ -141,7 +141,8 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
 
 
 def test_gpu_workers_are_pinned_and_cpu_workers_share_the_cores(monkeypatch):
-    from fabench.tasks.grid import GridOptions, parse_gpus, worker_envs
+    from fabench.tasks.grid import parse_gpus
+    from fabench.tasks.pool import GridOptions, worker_envs
 
     envs = worker_envs(GridOptions(gpus=parse_gpus("0,1"), per_gpu=2), n_cells=10)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0", "1", "1"]
@@ -153,7 +154,7 @@ def test_gpu_workers_are_pinned_and_cpu_workers_share_the_cores(monkeypatch):
 
 def test_worker_module_imports_no_torch_so_cuda_visible_devices_takes_effect():
     """Workers set CUDA_VISIBLE_DEVICES after their module is imported (spawn): it must not load torch."""
-    code = "import sys, fabench.tasks.grid, fabench.tasks._display; print('torch' in sys.modules)"
+    code = "import sys, fabench.tasks.grid, fabench.tasks.pool, fabench.tasks._display; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 

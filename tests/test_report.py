@@ -12,7 +12,7 @@ from cli_helpers import cli
 from fabench.train import schema
 from fabench.train.config import RunConfig
 from fabench.train.curves import CurveWriter
-from fabench.train.records import upsert_run_row
+from fabench.train.runs_csv import upsert_run_row
 
 # (arch, rule, dataset, optimizer, seed, status, final_top1)
 RUNS = [
@@ -171,7 +171,7 @@ def test_plot_writes_a_png(results, capsys, tmp_path):
 
 def test_plot_title_names_task_dataset_and_jpeg_sample(results):
     from fabench.report.plot import _figure_title
-    from fabench.report.runs import read_runs
+    from fabench.train.runs_csv import read_runs
 
     title = _figure_title(read_runs(results).frame())
     assert title.startswith("task fixture: cifar10-mini, mnist-mini")

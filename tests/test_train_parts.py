@@ -14,7 +14,7 @@ from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
 from fabench.train.curves import CurveWriter
 from fabench.train.optim import LrFactor, build_optimizer, build_scheduler
-from fabench.train.records import check_results_dir, upsert_run_row
+from fabench.train.runs_csv import check_results_dir, upsert_run_row
 from fabench.train.schema import COLUMNS, make_row
 
 

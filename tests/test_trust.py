@@ -21,7 +21,7 @@ from torch import nn
 from fabench.errors import FabenchError
 from fabench.rules import apply
 from fabench.tasks._spec import Cell
-from fabench.tasks.grid import run_cell
+from fabench.tasks.cell_run import run_cell
 from fabench.train import run
 from fabench.train.config import RunConfig
 

@@ -44,9 +44,9 @@ _DRAWS = {
 def check_weight_init(scheme: str, scale: float) -> None:
     """Refuse an unknown scheme or a non-positive scale with one line naming what is valid."""
     if scheme not in WEIGHT_INITS:
-        raise FabenchError(f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{scheme}'")
+        raise FabenchError(f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{scheme}'", setting="weight_init")
     if not scale > 0:
-        raise FabenchError(f"--weight-init-scale must be positive, got {scale}")
+        raise FabenchError(f"--weight-init-scale must be positive, got {scale}", setting="weight_init_scale")
 
 
 @torch.no_grad()

@@ -99,7 +99,7 @@ def _build(setup: BenchSetup):
 
 
 def _feedback_state(handle) -> float:
-    return tensor_mib(b for m in handle.layers.values() for n, b in m.named_buffers(recurse=False) if n.startswith("feedback_"))
+    return tensor_mib(handle.rule_buffers().values())
 
 
 def _resident_mib(model, optimizer) -> float:

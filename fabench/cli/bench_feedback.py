@@ -50,7 +50,7 @@ def bench_feedback_memory(
     if device == "cpu":
         ensure_steady_malloc()
     from fabench.bench.feedback_memory import run_feedback_memory_benchmark
-    from fabench.rules._tiles import parse_size
+    from fabench.rules import parse_size
 
     limit = parse_size(max_materialise)
     if limit is None:

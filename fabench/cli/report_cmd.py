@@ -18,8 +18,8 @@ DatasetFilter = Annotated[str | None, typer.Option("--dataset", help="fnmatch fi
 
 def _load_runs(results_dir: Path, **filters):
     """Valid runs.csv rows as a DataFrame, filtered; bad rows reported on stderr."""
-    from fabench.report.runs import read_runs
     from fabench.report.table import filter_runs
+    from fabench.train.runs_csv import read_runs
 
     runs = read_runs(results_dir)
     for problem in runs.problems:

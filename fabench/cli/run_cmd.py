@@ -21,6 +21,8 @@ from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
 
 EXIT_INTERRUPTED = 130
+#: Options of ``fabench run`` that steer the command, not the run (every other one is a RunConfig field).
+COMMAND_ONLY = ("force", "no_progress")
 
 
 def _default(name: str) -> str:
@@ -49,6 +51,7 @@ def build_config(values: dict) -> RunConfig:
 
 @app.command("run")
 def run_command(
+    ctx: typer.Context,
     rule: Annotated[str | None, typer.Option(help="Feedback rule, e.g. bp, fa, fa-usf-sn+const.", show_default=_default("rule"))] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture (fabench ls archs).", show_default=_default("arch"))] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name or .npz path (fabench ls datasets).", show_default=_default("dataset"))] = None,
@@ -93,18 +96,17 @@ def run_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain per-epoch lines instead of a progress bar.")] = False,
 ) -> None:
     """Train one model with one feedback rule and record the result under results/."""
+    from fabench.diagnostics import run_hooks
     from fabench.train import run
     from fabench.train.display import RunDisplay
 
-    values = dict(locals())
-    for name in ("force", "no_progress", "run", "RunDisplay"):
-        values.pop(name, None)
+    values = {name: value for name, value in ctx.params.items() if name not in COMMAND_ONLY}
     values.update(milestones=_int_list(milestones, "--milestones"), exclude=_patterns(exclude),
                   progress=False if no_progress else None)
     config = build_config(values)
     display = RunDisplay(live=config.progress)
     try:
-        result = run(config, force=force, on_event=display)
+        result = run(config, force=force, on_event=display, hooks=run_hooks(config))
     finally:
         display.close()
     if result.status == "interrupted":

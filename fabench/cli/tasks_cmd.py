@@ -77,8 +77,7 @@ def validate(
     tasks_dir: TasksDirOption = None,
 ) -> None:
     """Check task files: YAML, keys, rules, archs, datasets, settings, includes. Problems name file:line; exit 1."""
-    from fabench.tasks import check_file, task_dirs, task_files
-    from fabench.tasks._discover import duplicate_names
+    from fabench.tasks import check_file, duplicate_names, task_dirs, task_files
 
     paths = _validate_targets(files, tasks_dir) if files else task_files(task_dirs(tasks_dir), fragments=True)
     if not paths:
@@ -101,8 +100,7 @@ def validate(
 
 def _validate_targets(files: list[str], tasks_dir) -> list[Path]:
     """Existing paths as given; other arguments are looked up as task names."""
-    from fabench.tasks._discover import task_dirs, task_files
-    from fabench.tasks._source import TaskFileError, read_task_file
+    from fabench.tasks import TaskFileError, read_task_file, task_dirs, task_files
 
     paths = []
     for item in files:
@@ -126,7 +124,7 @@ def _validate_targets(files: list[str], tasks_dir) -> list[Path]:
 
 def _describe(report) -> str:
     """The 'ok' line of a valid file: path, task, version and number of cells."""
-    from fabench.tasks._source import display_path
+    from fabench._paths import display_path
 
     where = display_path(report.path)
     if report.task is None:

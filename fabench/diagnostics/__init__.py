@@ -4,6 +4,7 @@ Public surface::
 
     parse_diagnostics("off" | "epoch" | "N") -> DiagnosticsSchedule   # or FabenchError
     probe_hook(config) -> ProbeHook | None      # the training loop's hook (fabench.train.hooks)
+    run_hooks(config) -> [hook]                 # what fabench.train.run(config, hooks=...) gets
     measure(model, handle, images, labels) -> [LayerDiagnostics]      # one probe, standalone
     probe_batch(run_data) -> (images, labels)   # the first PROBE_IMAGES test images
     diagnose_checkpoint(run_dir) -> (progress, [LayerDiagnostics])    # from last.pt
@@ -20,8 +21,9 @@ from __future__ import annotations
 from fabench._lazy import lazy_getattr
 
 _EXPORTS = {
-    "parse_diagnostics": "fabench.diagnostics.schedule",
-    "DiagnosticsSchedule": "fabench.diagnostics.schedule",
+    "parse_diagnostics": "fabench.train.schedule",
+    "DiagnosticsSchedule": "fabench.train.schedule",
+    "run_hooks": "fabench.diagnostics.hook",
     "ProbeHook": "fabench.diagnostics.hook",
     "probe_hook": "fabench.diagnostics.hook",
     "log_diagnostics": "fabench.diagnostics.hook",

@@ -17,7 +17,7 @@ from fabench.diagnostics.probe import (
     measure,
     probe_batch,
 )
-from fabench.diagnostics.schedule import parse_diagnostics
+from fabench.train.schedule import parse_diagnostics
 
 
 def log_diagnostics(curves, epoch: int, step: int, rows: list[LayerDiagnostics]) -> None:
@@ -55,3 +55,13 @@ def probe_hook(config) -> ProbeHook | None:
     """The hook for a :class:`fabench.train.config.RunConfig`, or None with diagnostics off."""
     schedule = parse_diagnostics(config.diagnostics)
     return ProbeHook(schedule.every_steps) if schedule.enabled else None
+
+
+def run_hooks(config) -> list:
+    """The hooks ``fabench.train.run`` gets for ``config``: the probe, unless diagnostics are off.
+
+    Every entry point that trains (``fabench run``, grid cells, SLURM array tasks) composes its
+    run with these, so fabench.train never imports diagnostics.
+    """
+    hook = probe_hook(config)
+    return [hook] if hook is not None else []

@@ -120,15 +120,15 @@ def _seed_generators(device: torch.device) -> None:
         torch.cuda.default_generators[index].manual_seed(PROBE_SEED)
 
 
-def _is_feedback_buffer(name: str) -> bool:
-    return name.rsplit(".", 1)[-1].startswith("feedback_")
-
-
 @contextlib.contextmanager
-def undisturbed(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Training mode and fresh random streams inside; modes, buffers and RNG as before after."""
+def undisturbed(model: nn.Module, device: torch.device, handle=None) -> Iterator[None]:
+    """Training mode and fresh random streams inside; modes, buffers and RNG as before after.
+
+    The rule's own buffers (``handle.owns_buffer``) are not copied: no forward changes them.
+    """
     modes = [(module, module.training) for module in model.modules()]
-    saved = {name: b.detach().clone() for name, b in model.named_buffers() if not _is_feedback_buffer(name)}
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()
+             if handle is None or not handle.owns_buffer(name)}
     try:
         with torch.random.fork_rng(devices=_cuda_devices(device)), torch.enable_grad(), \
                 torch.autocast(device.type, enabled=False):
@@ -227,20 +227,12 @@ def _true_pass(model, handle, layers, images, labels, signals: dict[str, _LayerS
         return _backward_pass(model, layers, images, labels, on_dx, lambda name, grad: None)
 
 
-def _no_comparable_feedback(module: nn.Module) -> bool:
-    """Layers whose B cannot be set against W: those whose own forward the engine intercepts
-    (handle.feedback() gives W there, not B) and direct-feedback layers (dfa, dense-fa's convs:
-    a matrix of another shape, which handle.feedback() would materialise whole)."""
-    rule = getattr(module, "_fabench_rule", None)
-    intercepted = rule is not None and rule.intercept and rule.kind != "bp"
-    return intercepted or module.__dict__.get("_fabench_direct") is not None
-
-
 def _weight_metrics(handle, name: str, module: nn.Module) -> dict[str, float]:
-    """B against W for one layer; only ‖W‖ where B is not W-shaped or not available."""
+    """B against W for one layer; only ‖W‖ where B cannot be set against W entry by entry (a
+    direct-feedback matrix, or a layer whose forward transforms W: see handle.shares_weight_shape)."""
     weight = module.weight.detach()
     values = {"w_norm": norm(weight)}
-    if _no_comparable_feedback(module):
+    if not handle.shares_weight_shape(name):
         return values
     feedback = handle.feedback(name)
     if feedback.shape != weight.shape:
@@ -259,7 +251,7 @@ def measure(model: nn.Module, handle, images: torch.Tensor, labels: torch.Tensor
     layers = dict(handle.layers)
     device = images.device
     signals: dict[str, _LayerSignals] = {}
-    with undisturbed(model, device):
+    with undisturbed(model, device, handle):
         rule_dw = _rule_pass(model, layers, images, labels, signals)
         true_dw = _true_pass(model, handle, layers, images, labels, signals)
         _seed_generators(device)

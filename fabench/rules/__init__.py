@@ -8,10 +8,23 @@ See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table
 :mod:`fabench.rules._feedback` for each rule's formula.
 """
 
-from fabench.rules._apply import FeedbackHandle, RuleOptions, apply, covered_layers
+from fabench.rules._apply import apply, covered_layers
+from fabench.rules._handle import FeedbackHandle
+from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule, rule_family
+from fabench.rules._tiles import MEMORY_FORMS, parse_feedback_memory, parse_size
 
 __all__ = [
-    "FeedbackHandle", "RuleOptions", "RuleSpec", "apply", "covered_layers",
-    "list_modifiers", "list_rules", "parse_rule", "rule_family",
+    "MEMORY_FORMS",
+    "FeedbackHandle",
+    "RuleOptions",
+    "RuleSpec",
+    "apply",
+    "covered_layers",
+    "list_modifiers",
+    "list_rules",
+    "parse_feedback_memory",
+    "parse_rule",
+    "parse_size",
+    "rule_family",
 ]

@@ -3,56 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from fabench.errors import FabenchError
-from fabench.rules import _attention, _init, _layers, _modifiers
-from fabench.rules._feedback import feedback_tensor
+from fabench.rules import _attention, _direct, _init, _layers
+from fabench.rules._handle import FeedbackHandle
+from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec, parse_rule
 from fabench.rules._tiles import parse_feedback_memory
-
-SN_NORMS = ("fro", "spectral")
-
-
-@dataclass(frozen=True)
-class RuleOptions:
-    """Choices RULES.md leaves open, with their defaults (see :func:`apply`)."""
-
-    scale: float | None = None
-    init: str = "auto"
-    sn_norm: str = "fro"
-    ei_mode: str = "zero"
-
-    def validate(self) -> RuleOptions:
-        for value, choices, what in ((self.init, _init.INIT_CHOICES, "init"), (self.sn_norm, SN_NORMS, "sn_norm"),
-                                     (self.ei_mode, _modifiers.EI_MODES, "ei_mode")):
-            if value not in choices:
-                raise FabenchError(f"feedback {what} must be one of {', '.join(choices)}, got '{value}'")
-        if self.scale is not None and not self.scale > 0:
-            raise FabenchError(f"feedback scale must be positive, got {self.scale}")
-        return self
-
-    def check_used_by(self, spec: RuleSpec) -> RuleOptions:
-        """Refuse options the rule would ignore (they would change run_id and nothing else)."""
-        from fabench.rules._spec import RULES
-
-        unscaled = spec.base.kind in ("bp", "sn")
-        users = ", ".join(n for n in RULES if RULES.get(n).kind not in ("bp", "sn"))
-        if unscaled and self.scale is not None:
-            raise FabenchError(f"--feedback-scale does nothing under {spec.name} (its B is W or follows W's norm); "
-                               f"the rules that use it: {users}")
-        if unscaled and self.init != "auto":
-            raise FabenchError(f"--feedback-init does nothing under {spec.name} (its B is W or follows W's norm); "
-                               f"the rules that use it: {users}")
-        if self.sn_norm != "fro" and spec.base.kind != "sn":
-            raise FabenchError(f"--sn-norm applies to fa-usf-sn only, not {spec.name}")
-        if self.ei_mode != "zero" and "ei" not in spec.modifiers:
-            raise FabenchError(f"--ei-mode applies to rules with the +ei modifier only, not {spec.name}")
-        return self
 
 
 def covered_layers(model: nn.Module, exclude=()) -> dict[str, nn.Module]:
@@ -96,75 +56,6 @@ def _register_buffers(module: nn.Module, name: str, spec: RuleSpec, kind: str, o
         module.register_buffer(_layers.NORM_BUFFER, torch.linalg.vector_norm(weight).clone())
 
 
-@dataclass
-class FeedbackHandle:
-    """What :func:`apply` did to a model; ``remove()`` restores plain backprop exactly."""
-
-    spec: RuleSpec
-    options: RuleOptions
-    seed: int
-    layers: dict[str, nn.Module]
-    excluded: list[str]
-    _hooks: list = field(default_factory=list)
-
-    @property
-    def rule(self) -> str:
-        return self.spec.name
-
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Make the modifiers act at the optimizer's step (call once per optimizer)."""
-        self._hooks += _modifiers.attach(optimizer, self.layers, self.spec.modifiers, self.options.ei_mode)
-
-    def feedback(self, name: str) -> torch.Tensor:
-        """The B that backward would use for layer ``name`` now (W itself under bp).
-
-        For a layer whose own forward transforms its weight (timm's ``StdConv2d`` standardises
-        it), B follows the weight its last forward really used, so one forward must have run.
-        """
-        module = self.layers[name]
-        rule = module._fabench_rule
-        weight = module.weight
-        if rule.intercept:
-            weight = module.__dict__.get(_layers.SEEN_WEIGHT_ATTR)
-            if weight is None:
-                raise FabenchError(f"layer '{name}' ({type(module).__name__}) transforms its weight in its own forward; "
-                                   "run one forward pass before asking for its feedback")
-        if rule.kind == "bp":
-            return weight.detach()
-        buffer, sign = _layers.layer_buffers(module, rule)
-        with torch.no_grad():
-            return feedback_tensor(rule.kind, weight, buffer, sign)
-
-    @contextmanager
-    def exact_backprop(self):
-        """Temporarily give every layer its class's forward (true gradients), e.g. for a probe."""
-        saved = [(m, m.__dict__.pop("forward", None)) for m in self.layers.values()]
-        try:
-            yield
-        finally:
-            for module, forward in saved:
-                if forward is not None:
-                    module.forward = forward
-
-    def remove(self) -> None:
-        """Detach hooks, forwards and buffers: the model is plain backprop again."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        for module in self.layers.values():
-            _layers.uninstall(module)
-
-    def describe(self) -> dict:
-        """A JSON-ready summary for run manifests."""
-        return {
-            "rule": self.rule, "base": self.spec.base.name, "kind": self.spec.base.kind,
-            "modifiers": list(self.spec.modifiers), "seed": self.seed,
-            "options": {"scale": self.options.scale, "init": self.options.init,
-                        "sn_norm": self.options.sn_norm, "ei_mode": self.options.ei_mode},
-            "feedback_form": "weight-shared", "layers": len(self.layers), "excluded": self.excluded,
-        }
-
-
 def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: float | None = None,
           init: str = "auto", sn_norm: str = "fro", ei_mode: str = "zero", feedback_memory: str = "auto",
           input_shape: tuple[int, ...] | None = None) -> FeedbackHandle:
@@ -185,8 +76,6 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
     backward; ``input_shape`` (e.g. ``(3, 224, 224)``) lets that plan be made at once, by a
     batch-1 probe forward, instead of at the first training forward.
     """
-    from fabench.rules import _direct  # imports this module: FeedbackHandle is its base class
-
     spec = parse_rule(rule)
     options = RuleOptions(scale, init, sn_norm, ei_mode).validate().check_used_by(spec)
     memory = parse_feedback_memory(feedback_memory)

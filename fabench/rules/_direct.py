@@ -49,8 +49,8 @@ from torch import nn
 
 from fabench.errors import FabenchError
 from fabench.rules import _dfa, _init, _tiles
-from fabench.rules._apply import FeedbackHandle
-from fabench.rules._functions import autocast_conv2d, autocast_linear
+from fabench.rules._functions import RuleConv2d, RuleLinear
+from fabench.rules._handle import FeedbackHandle
 from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
 from fabench.rules._tiles import MemoryPolicy, RandomMatrix
 
@@ -147,13 +147,14 @@ class LayerFeedback:
 
     def conv2d(self, x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
         """The layer's conv call, with δx from this feedback (called by the engine's layer forward)."""
-        out = DirectConv2d.apply(x, weight, bias, self, self.state.slot, stride, padding, dilation, groups)
+        out = RuleConv2d.apply(x, weight, bias, None, None, self, self.state.slot, "direct", stride, padding, dilation,
+                               groups)
         self.observe(x, out)
         return out
 
     def linear(self, x, weight, bias) -> torch.Tensor:
         """The layer's linear call, with δx from this feedback (called by the engine's layer forward)."""
-        out = DirectLinear.apply(x, weight, bias, self, self.state.slot)
+        out = RuleLinear.apply(x, weight, bias, None, None, self, self.state.slot, "direct")
         self.observe(x, out)
         return out
 
@@ -305,64 +306,6 @@ class DenseFA(LayerFeedback):
 _FEEDBACK_CLASSES = {"dfa": DenseDFA, "dfa-conv": StructuredDFA, "dense": DenseFA}
 
 
-class DirectConv2d(torch.autograd.Function):
-    """``F.conv2d`` forward; backward gives the usual ∂L/∂W, ∂L/∂b and δx from the layer's feedback."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, slot, stride, padding, dilation, groups):
-        out, xc = autocast_conv2d(x, weight, bias, stride, padding, dilation, groups)
-        ctx.save_for_backward(xc, weight)
-        ctx.conf = (stride, padding, dilation, groups, bias is not None)
-        ctx.feedback, ctx.slot = feedback, slot
-        ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xc, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
-        need_w, need_b = ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-        grad_x = grad_w = grad_b = None
-        with torch.autocast(grad_out.device.type, enabled=False):
-            if need_w or need_b:
-                _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                    grad_out, xc.to(grad_out.dtype), weight.to(grad_out.dtype),
-                    [weight.shape[0]] if has_bias else None,
-                    stride, padding, dilation, False, [0, 0], groups, [False, need_w, need_b],
-                )
-            if ctx.needs_input_grad[0]:
-                grad_x = ctx.feedback.input_grad(grad_out, xc, ctx.slot, ctx.conf[:4]).to(ctx.dtypes[0])
-        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        grad_b = grad_b.to(ctx.dtypes[1]) if grad_b is not None else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
-
-
-class DirectLinear(torch.autograd.Function):
-    """``F.linear`` forward; backward gives the usual ∂L/∂W, ∂L/∂b and δx from the layer's feedback."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, slot):
-        out, xc = autocast_linear(x, weight, bias)
-        ctx.save_for_backward(xc, weight)
-        ctx.feedback, ctx.slot = feedback, slot
-        ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xc, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        with torch.autocast(grad_out.device.type, enabled=False):
-            flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-            if ctx.needs_input_grad[1]:
-                grad_w = flat_grad.t().mm(xc.reshape(-1, xc.shape[-1]).to(grad_out.dtype)).to(weight.dtype)
-            if ctx.dtypes[1] is not None and ctx.needs_input_grad[2]:
-                grad_b = flat_grad.sum(0).to(ctx.dtypes[1])
-            if ctx.needs_input_grad[0]:
-                grad_x = ctx.feedback.input_grad(grad_out, xc, ctx.slot).to(ctx.dtypes[0])
-        return grad_x, grad_w, grad_b, None, None
-
-
 @dataclass
 class DirectHandle(FeedbackHandle):
     """A :class:`FeedbackHandle` whose layers use fixed random matrices; ``describe`` adds the plan."""
@@ -422,7 +365,7 @@ def attach(model: nn.Module, handle_args: dict, kind: str, policy: MemoryPolicy,
                         captures_error=kind in ("dfa", "dfa-conv"))
     for name, module in handle_args["layers"].items():
         cls = _FEEDBACK_CLASSES.get(layer_kind(kind, module))
-        if cls is None:  # dense-fa's Linear layers: plain fa through FeedbackLinear
+        if cls is None:  # dense-fa's Linear layers: plain fa through RuleLinear
             continue
         feedback = cls(name, module, state, handle_args["seed"], options.scale, options.init)
         state.feedbacks[name] = feedback

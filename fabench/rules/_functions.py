@@ -1,11 +1,15 @@
-"""Autograd functions that run a layer's usual forward and send δx back through B.
+"""The two autograd functions of the engine: one conv, one linear, for every rule.
 
 Forward is the very call the layer would make (``F.conv2d`` / ``F.linear`` with the same
-arguments), so outputs are bit-identical to the unmodified model. Backward makes one
-``convolution_backward`` (or two matmuls for Linear) that returns the input gradient computed
-with B and the weight gradient computed as backprop does, in a single call: the same work as
-backprop. Only the tensors backprop saves are saved (the input and the weight); B is formed
-inside backward.
+arguments), so outputs are bit-identical to the unmodified model. Backward computes the weight
+and bias gradients as backprop does, in one place (:func:`conv_gradients`,
+:func:`linear_gradients`); only the input gradient δx depends on the rule, through the layer's
+*input-gradient strategy*: a feedback tensor B formed inside backward from the weight and the
+layer's buffers (the FA family; one ``convolution_backward`` call returns δx through B together
+with ∂L/∂W, the same work as backprop), or a direct-feedback object that forms δx itself
+(``dfa``, ``dfa-conv``, ``dense-fa``: :mod:`fabench.rules._direct`). A rule that learns its
+feedback keeps B in a buffer and takes the first path. Only the tensors backprop saves are
+saved (the input and the weight, plus the layer's fixed buffers).
 
 Autocast: the inputs are cast to the autocast dtype exactly as autocast would cast them, the
 cast input is what is saved, and gradients are returned in each input's own dtype. This keeps
@@ -56,61 +60,88 @@ def _same_dtype(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.T
     return grad if grad is None or like is None else grad.to(like.dtype)
 
 
-class FeedbackConv2d(torch.autograd.Function):
-    """``F.conv2d`` forward; backward gives δx = conv_transpose(δy, B) and the usual ∂L/∂W."""
+def conv_gradients(grad_out, xc, weight, dx_weight, geometry, needs, has_bias):
+    """``(∂L/∂x, ∂L/∂W, ∂L/∂b)`` of a conv, the weight and bias gradients as backprop computes them.
+
+    ``dx_weight`` is the tensor δx is computed through (B for the FA family; W itself never
+    reaches here), or None when δx comes from elsewhere (direct feedback): then only the
+    weight and bias gradients are computed. One ``convolution_backward`` call either way.
+    """
+    stride, padding, dilation, groups = geometry
+    need_x, need_w, need_b = needs[0] and dx_weight is not None, needs[1], has_bias and needs[2]
+    return torch.ops.aten.convolution_backward(
+        grad_out, xc.to(grad_out.dtype), (weight if dx_weight is None else dx_weight).to(grad_out.dtype),
+        [weight.shape[0]] if has_bias else None, stride, padding, dilation, False, [0, 0], groups,
+        [need_x, need_w, need_b],
+    )
+
+
+def linear_gradients(grad_out, xc, weight, dx_weight, needs, has_bias):
+    """``(∂L/∂x, ∂L/∂W, ∂L/∂b)`` of a linear layer over any leading dims; δx through ``dx_weight`` if given."""
+    flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_x = grad_out.matmul(dx_weight.to(grad_out.dtype)) if needs[0] and dx_weight is not None else None
+    grad_w = flat_grad.t().mm(xc.reshape(-1, xc.shape[-1]).to(grad_out.dtype)) if needs[1] else None
+    grad_b = flat_grad.sum(0) if has_bias and needs[2] else None
+    return grad_x, grad_w, grad_b
+
+
+def _input_feedback(ctx, weight, buffer, fixed_sign):
+    """B for this backward, when δx is wanted and comes from a feedback tensor (not direct)."""
+    if ctx.direct is not None or not ctx.needs_input_grad[0]:
+        return None  # direct feedback forms δx itself; the first layer's input needs no δx
+    return feedback_tensor(ctx.kind, weight, buffer, fixed_sign)
+
+
+def _to(grad, dtype):
+    return None if grad is None or dtype is None else grad.to(dtype)
+
+
+class RuleConv2d(torch.autograd.Function):
+    """``F.conv2d`` forward; backward gives the usual ∂L/∂W and ∂L/∂b, and δx by the layer's
+    input-gradient strategy: a feedback tensor B (the FA family: ``conv_transpose(δy, B)``) or a
+    direct-feedback object (``direct.input_grad``: dfa, dfa-conv, dense-fa)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buffer, fixed_sign, kind, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, buffer, fixed_sign, direct, slot, kind, stride, padding, dilation, groups):
         out, xc = autocast_conv2d(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(xc, weight, buffer, fixed_sign)
-        ctx.conf = (kind, stride, padding, dilation, groups, bias is not None)
+        ctx.kind, ctx.direct, ctx.slot = kind, direct, slot
+        ctx.geometry, ctx.has_bias = (stride, padding, dilation, groups), bias is not None
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         xc, weight, buffer, fixed_sign = ctx.saved_tensors
-        kind, stride, padding, dilation, groups, has_bias = ctx.conf
         with torch.autocast(grad_out.device.type, enabled=False):
-            # B only when δx is wanted: the first layer's input needs none, and forming it there
-            # would waste a W-sized tensor (and, for fa-brsf, draws from the training RNG)
-            needs_x = ctx.needs_input_grad[0]
-            feedback = (feedback_tensor(kind, weight, buffer, fixed_sign) if needs_x else weight).to(grad_out.dtype)
-            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out, xc.to(grad_out.dtype), feedback,
-                [weight.shape[0]] if has_bias else None,
-                stride, padding, dilation, False, [0, 0], groups,
-                [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]],
-            )
-        grad_x = grad_x.to(ctx.dtypes[0]) if grad_x is not None else None
-        grad_w = _same_dtype(grad_w, weight)
-        grad_b = grad_b.to(ctx.dtypes[1]) if grad_b is not None else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+            dx_weight = _input_feedback(ctx, weight, buffer, fixed_sign)
+            grad_x, grad_w, grad_b = conv_gradients(grad_out, xc, weight, dx_weight, ctx.geometry,
+                                                    ctx.needs_input_grad, ctx.has_bias)
+            if ctx.direct is not None and ctx.needs_input_grad[0]:
+                grad_x = ctx.direct.input_grad(grad_out, xc, ctx.slot, ctx.geometry)
+        return (_to(grad_x, ctx.dtypes[0]), _to(grad_w, weight.dtype), _to(grad_b, ctx.dtypes[1]),
+                None, None, None, None, None, None, None, None, None)
 
 
-class FeedbackLinear(torch.autograd.Function):
-    """``F.linear`` forward over any leading dims; backward gives δx = δy B and the usual ∂L/∂W."""
+class RuleLinear(torch.autograd.Function):
+    """``F.linear`` forward over any leading dims; backward as :class:`RuleConv2d` (δx = δy B or direct)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buffer, fixed_sign, kind):
+    def forward(ctx, x, weight, bias, buffer, fixed_sign, direct, slot, kind):
         out, xc = autocast_linear(x, weight, bias)
         ctx.save_for_backward(xc, weight, buffer, fixed_sign)
-        ctx.kind = kind
+        ctx.kind, ctx.direct, ctx.slot, ctx.has_bias = kind, direct, slot, bias is not None
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         xc, weight, buffer, fixed_sign = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
         with torch.autocast(grad_out.device.type, enabled=False):
-            flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-            if ctx.needs_input_grad[0]:
-                feedback = feedback_tensor(ctx.kind, weight, buffer, fixed_sign).to(grad_out.dtype)
-                grad_x = grad_out.matmul(feedback).to(ctx.dtypes[0])
-            if ctx.needs_input_grad[1]:
-                flat_x = xc.reshape(-1, xc.shape[-1]).to(grad_out.dtype)
-                grad_w = flat_grad.t().mm(flat_x).to(weight.dtype)
-            if ctx.dtypes[1] is not None and ctx.needs_input_grad[2]:
-                grad_b = flat_grad.sum(0).to(ctx.dtypes[1])
-        return grad_x, grad_w, grad_b, None, None, None
+            dx_weight = _input_feedback(ctx, weight, buffer, fixed_sign)
+            grad_x, grad_w, grad_b = linear_gradients(grad_out, xc, weight, dx_weight, ctx.needs_input_grad,
+                                                      ctx.has_bias)
+            if ctx.direct is not None and ctx.needs_input_grad[0]:
+                grad_x = ctx.direct.input_grad(grad_out, xc, ctx.slot)
+        return (_to(grad_x, ctx.dtypes[0]), _to(grad_w, weight.dtype), _to(grad_b, ctx.dtypes[1]),
+                None, None, None, None, None)

@@ -2,7 +2,7 @@
 
 A covered layer keeps its class, its parameters and its state_dict keys; it gains buffers
 named ``feedback_*`` and, for rules other than ``bp``, an instance-level ``forward`` that
-calls :class:`FeedbackConv2d`/:class:`FeedbackLinear` with exactly the arguments the class's
+calls :class:`RuleConv2d`/:class:`RuleLinear` with exactly the arguments the class's
 own forward would pass to ``F.conv2d``/``F.linear``.
 
 Subclasses that override ``forward`` (timm's ``Conv2dSame``, ``StdConv2d``,
@@ -28,7 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fabench.errors import FabenchError
-from fabench.rules._functions import FeedbackConv2d, FeedbackLinear
+from fabench.rules._functions import RuleConv2d, RuleLinear
 
 #: Buffer that holds each kind's fixed tensor (None: the kind needs none).
 KIND_BUFFER = {"fixed": "feedback_weight", "usf": "feedback_scale", "magnitude": "feedback_magnitude",
@@ -103,7 +103,7 @@ def conv_function(module: nn.Module, rule: LayerRule, x, weight, bias, stride, p
     if direct is not None:
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups)
     buffer, sign = layer_buffers(module, rule)
-    return FeedbackConv2d.apply(x, weight, bias, buffer, sign, rule.kind, stride, padding, dilation, groups)
+    return RuleConv2d.apply(x, weight, bias, buffer, sign, None, None, rule.kind, stride, padding, dilation, groups)
 
 
 def linear_function(module: nn.Module, rule: LayerRule, x, weight, bias):
@@ -112,7 +112,7 @@ def linear_function(module: nn.Module, rule: LayerRule, x, weight, bias):
     if direct is not None:
         return direct.linear(x, weight, bias)
     buffer, sign = layer_buffers(module, rule)
-    return FeedbackLinear.apply(x, weight, bias, buffer, sign, rule.kind)
+    return RuleLinear.apply(x, weight, bias, buffer, sign, None, None, rule.kind)
 
 
 def _pair(value) -> tuple[int, int]:

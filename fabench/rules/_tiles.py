@@ -172,4 +172,4 @@ def parse_feedback_memory(value: str | int) -> MemoryPolicy:
     if size is not None:
         return MemoryPolicy(text, size)
     raise FabenchError(f"feedback memory must be auto, materialised, tiled or a size such as 512MB or 2GiB, "
-                       f"got '{value}'")
+                       f"got '{value}'", setting="feedback_memory")

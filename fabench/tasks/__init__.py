@@ -14,6 +14,7 @@ The file format is documented in :mod:`fabench.tasks._spec` and the README.
 from fabench.tasks._discover import (
     FileReport,
     check_file,
+    duplicate_names,
     is_fragment,
     load_task,
     scan,
@@ -22,7 +23,7 @@ from fabench.tasks._discover import (
     visible_tasks,
 )
 from fabench.tasks._select import select_cells
-from fabench.tasks._source import Location, Problem, TaskFileError
+from fabench.tasks._source import Location, Problem, TaskFileError, read_task_file
 from fabench.tasks._spec import Cell, Task, When
 
 __all__ = [
@@ -34,8 +35,10 @@ __all__ = [
     "TaskFileError",
     "When",
     "check_file",
+    "duplicate_names",
     "is_fragment",
     "load_task",
+    "read_task_file",
     "scan",
     "select_cells",
     "task_dirs",

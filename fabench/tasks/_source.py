@@ -14,13 +14,13 @@ whole. A file that includes itself, directly or through others, is an error.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fabench._paths import display_path
 from fabench.errors import FabenchError
 
 
@@ -54,14 +54,6 @@ class TaskFileError(FabenchError):
         more = len(self.problems) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''}; run `fabench validate`)" if more else ""
         super().__init__(f"{self.problems[0]}{tail}")
-
-
-def display_path(path: Path) -> str:
-    """A path relative to the working directory when it lies below it, else absolute."""
-    try:
-        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
-    except ValueError:
-        return str(path)
 
 
 @dataclass

@@ -416,15 +416,6 @@ def _cell_checks(config: RunConfig) -> None:
     check_config(config)
 
 
-def _field_in(message: str) -> str | None:
-    """The RunConfig field an error message is about: its first ``--flag`` or 'feedback <x>'."""
-    flag = re.search(r"--([a-z][a-z-]*)", message)
-    if flag:
-        return flag.group(1).replace("-", "_")
-    words = re.match(r"feedback (scale|init)\b", message)
-    return f"feedback_{words.group(1)}" if words else None
-
-
 def _setting_location(task: Task, raw: RawTask, cell: Cell, name: str | None) -> Location:
     """Where the cell's value of setting ``name`` was written: the last matching ``when``
     entry that sets it, else its variant, else ``overrides``, else the ``task`` line."""
@@ -459,7 +450,7 @@ def _check_cells(task: Task, raw: RawTask, checker: _Checker) -> None:
         except FabenchError as err:
             if str(err) not in reported:
                 reported.add(str(err))
-                where = _setting_location(task, raw, cell, _field_in(str(err)))
+                where = _setting_location(task, raw, cell, err.setting)
                 checker.add(where, f"cell {cell.label}: {err}")
         if cell.run_id in owners:
             checker.add(raw.loc("variants") if task.variants else raw.loc("task"),

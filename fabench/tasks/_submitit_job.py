@@ -8,7 +8,7 @@ A cell with ``gpus_per_cell > 1`` is one DistributedDataParallel run over that m
 (one process per GPU): each task turns submitit's job environment into the variables
 ``torch.distributed`` reads (``MASTER_ADDR``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...) and
 :func:`fabench.train.run` joins the process group. Rank 0 runs the cell through the grid's
-:func:`fabench.tasks.grid.run_cell` (which records a failure the way local workers do); the
+:func:`fabench.tasks.cell_run.run_cell` (which records a failure the way local workers do); the
 other ranks train alongside it and write nothing.
 
 Timeouts and preemption: submitit sends the job USR2 before SLURM's time limit and calls
@@ -22,7 +22,7 @@ from __future__ import annotations
 import submitit
 
 from fabench.tasks._spec import Cell
-from fabench.tasks.grid import CellOutcome, _busy_elsewhere, run_cell
+from fabench.tasks.cell_run import CellOutcome, busy_elsewhere, run_cell
 
 
 def _export_distributed_env() -> int:
@@ -52,11 +52,12 @@ class CellJob(submitit.helpers.Checkpointable):
         rank = _export_distributed_env()
         if rank == 0:
             return run_cell(cell, force=self.force, on_event=_log_event)
-        if _busy_elsewhere(cell):  # rank 0 sees the same lock and skips the cell too
+        if busy_elsewhere(cell):  # rank 0 sees the same lock and skips the cell too
             return None
+        from fabench.diagnostics import run_hooks
         from fabench.train import run
 
-        run(cell.config, force=self.force)
+        run(cell.config, force=self.force, hooks=run_hooks(cell.config))
         return None
 
     def checkpoint(self, cell: Cell) -> submitit.helpers.DelayedSubmission:

@@ -6,7 +6,7 @@ writes the sbatch script, submits the array, pickles each cell to its array task
 logs and results under ``--slurm-folder`` (default ``<results-dir>/submitit/<array job id>``).
 
 - Cells whose run_id already has a ``finished`` row in ``runs.csv`` are not submitted (unless
-  ``--force``). Each array task runs one cell through :func:`fabench.tasks.grid.run_cell`, so
+  ``--force``). Each array task runs one cell through :func:`fabench.tasks.cell_run.run_cell`, so
   results land in the same ``results/`` layout as a local grid (``runs.csv`` rows under
   fabench.train's file lock, one folder per run) and ``fabench table`` reads them unchanged.
   The results and data folders are passed to the jobs as absolute paths; they must be on a
@@ -34,7 +34,8 @@ from pathlib import Path
 
 from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._spec import Cell, Task
-from fabench.tasks.grid import CellOutcome, GridSummary, record_failure, recorded_status
+from fabench.tasks.cell_run import CellOutcome, record_failure
+from fabench.tasks.grid import GridSummary, recorded_status
 from fabench.train.schema import DONE_STATUSES
 
 #: ``--launcher`` values; ``submitit-local`` is for tests and is not listed in ``--help``.
@@ -182,7 +183,7 @@ def submit_grid(task: Task, cells: list[Cell], results_dir: Path, options: Slurm
 
     Prints what was submitted and, after waiting, the grid's summary line (stderr).
     """
-    from fabench.train.records import check_results_dir
+    from fabench.train.runs_csv import check_results_dir
 
     results_dir = Path(results_dir)
     check_results_dir(results_dir)

@@ -2,10 +2,10 @@
 
 Public surface::
 
-    run(config, *, force=False, on_event=None) -> RunResult(status, run_dir, row, skipped)
+    run(config, *, force=False, on_event=None, hooks=()) -> RunResult(status, run_dir, row, skipped)
     evaluate_run(run_dir, dataset, *, data_dir="data", device="auto", batch_size=None) -> dict
     CurveWriter(path, run_id).log(epoch, step, split, metric, value, layer="")
-    EpochContext, epoch_hooks  (the per-epoch hook point, fabench.train.hooks)
+    EpochContext, EpochHook  (the per-epoch hook point, fabench.train.hooks)
 
 Torch is imported when these are first used, so ``import fabench.train`` stays light for
 modules that need only :mod:`fabench.train.config` or :mod:`fabench.train.schema`.
@@ -21,7 +21,7 @@ _EXPORTS = {
     "evaluate_run": "fabench.train.evaluation",
     "CurveWriter": "fabench.train.curves",
     "EpochContext": "fabench.train.hooks",
-    "epoch_hooks": "fabench.train.hooks",
+    "EpochHook": "fabench.train.hooks",
 }
 
 __all__ = sorted(_EXPORTS)

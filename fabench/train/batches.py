@@ -20,6 +20,7 @@ generator at the start of each epoch (:func:`_isolated_rng`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator
 
@@ -47,7 +48,7 @@ def _isolated_rng(batches, generator: torch.Generator) -> Iterator:
 
 
 class RunData:
-    """Training and test batches of one dataset on one device."""
+    """Training and test batches of one dataset on one device (all of them, or one rank's share)."""
 
     def __init__(self, dataset: InMemoryDataset | FolderDataset, device: torch.device, *,
                  generator: torch.Generator, batch_size: int, workers: int = 4,
@@ -57,12 +58,35 @@ class RunData:
         self.generator = generator
         self.batch_size = batch_size
         self.channels_last = channels_last
+        self.workers = workers
+        self.rank, self.world = 0, 1
+        self._shard_test = None
         if isinstance(dataset, FolderDataset):
             self._loader = None
             self._train = dataset.train_loader(batch_size, workers=workers, generator=generator, drop_last=True)
             self._test = dataset.val_loader(batch_size, workers=workers)
         else:
             self._loader = DeviceLoader(dataset, device)
+
+    def shard(self, rank: int, world: int) -> RunData:
+        """This data as rank ``rank`` of ``world`` sees it: its contiguous slice of every global
+        training batch (same draws as one process), and every ``world``-th test batch.
+
+        Folder datasets load only the rank's images: their training sampler yields the rank's
+        slice of each global batch, their test sampler the rank's batches.
+        """
+        shard = copy.copy(self)
+        shard.rank, shard.world = rank, world
+        if self._loader is None:
+            dataset = self.dataset
+            common = {"num_workers": self.workers, "pin_memory": torch.cuda.is_available(),
+                      "persistent_workers": self.workers > 0}
+            shard._train = torch.utils.data.DataLoader(
+                dataset.train_set, batch_sampler=RankSlices(dataset.n_train, self.batch_size, rank, world,
+                                                            self.generator), generator=self.generator, **common)
+            shard._shard_test = torch.utils.data.DataLoader(
+                dataset.val_set, batch_sampler=RankBatches(dataset.n_test, self.batch_size, rank, world), **common)
+        return shard
 
     @property
     def n_train(self) -> int:
@@ -96,11 +120,25 @@ class RunData:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
 
+    def _mine(self, batches) -> Iterator[Batch]:
+        """This rank's contiguous slice of each global batch (all of it in a lone process)."""
+        if self.world == 1:
+            return batches
+        local = self.batch_size // self.world
+        window = slice(self.rank * local, (self.rank + 1) * local)
+        return ((x[window], y[window]) for x, y in batches)
+
+    def _every_worldth(self, batches) -> Iterator[Batch]:
+        """Every ``world``-th batch from this rank's on (all of them in a lone process)."""
+        if self.world == 1:
+            return batches
+        return (batch for i, batch in enumerate(batches) if i % self.world == self.rank)
+
     def train_epoch(self, skip: int = 0) -> Iterator[Batch]:
         """One epoch of training batches, its randomness drawn from ``self.generator`` now."""
         if self._loader is not None:
-            batches = self._loader.train_batches(self.batch_size, self.generator, drop_last=True)
-        else:
+            batches = self._mine(self._loader.train_batches(self.batch_size, self.generator, drop_last=True))
+        else:  # a sharded folder loader already yields this rank's slices
             batches = _isolated_rng(self._train, self.generator)
         return self._place(itertools.islice(batches, skip, None))
 
@@ -112,10 +150,45 @@ class RunData:
         """The validation split once, in order (empty without ``--val-split``)."""
         if self._loader is None or not self.n_val:
             return iter(())
-        return self._place(self._loader.val_batches(batch_size or self.batch_size))
+        return self._every_worldth(self._place(self._loader.val_batches(batch_size or self.batch_size)))
 
     def test(self, batch_size: int | None = None) -> Iterator[Batch]:
-        """The test split once, in order."""
+        """The test split once, in order (a rank's batches of it, when sharded)."""
         if self._loader is not None:
-            return self._place(self._loader.test_batches(batch_size or self.batch_size))
-        return self._place(iter(self._test))
+            return self._every_worldth(self._place(self._loader.test_batches(batch_size or self.batch_size)))
+        if self._shard_test is not None and batch_size is None:
+            return self._place(iter(self._shard_test))
+        return self._every_worldth(self._place(iter(self._test)))
+
+
+# --- a rank's share of a folder dataset ---------------------------------------------------
+
+class RankSlices(torch.utils.data.Sampler):
+    """Global batches of a random permutation, of which this rank takes its contiguous slice."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.rank, self.world, self.generator = n, batch_size, rank, world, generator
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        local = self.batch_size // self.world
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start + self.rank * local: start + (self.rank + 1) * local]
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """Consecutive test batches in order, every ``world``-th one starting at ``rank``."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int) -> None:
+        self.starts = list(range(rank * batch_size, n, world * batch_size))
+        self.n, self.batch_size = n, batch_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self):
+        for start in self.starts:
+            yield list(range(start, min(start + self.batch_size, self.n)))

@@ -23,6 +23,9 @@ NON_IDENTITY_FIELDS = frozenset(
     {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory", "recipe"}
 )
 
+#: Seed of the class-balanced choice of --subset and --val-split images: the same images whatever
+#: the run's seed, so seeds vary initialisation, feedback and order, not which images are used.
+SUBSET_SEED = 0
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -92,32 +95,32 @@ class RunConfig:
         resolved config is validated again before a run starts.
         """
         from fabench.archs import WEIGHT_INITS
-        from fabench.rules._tiles import parse_feedback_memory
+        from fabench.rules import parse_feedback_memory
         from fabench.train.recipes import RECIPE_CHOICES, RECIPES
 
         recipes = (*RECIPE_CHOICES, *(r.name for r in RECIPES))
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.optimizer in (None, *OPTIMIZERS), f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'"),
-            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'"),
-            (self.subset is None or self.subset >= 1, f"--subset must be at least 1, got {self.subset}"),
-            (self.image_size is None or self.image_size >= 1, f"--image-size must be at least 1 pixel, got {self.image_size}"),
-            (self.val_split >= 0, f"--val-split must be a number of images >= 0, got {self.val_split}"),
-            (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}"),
-            (self.momentum is None or self.momentum >= 0, f"--momentum must be non-negative, got {self.momentum}"),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {self.warmup_epochs}"),
-            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}"),
-            (self.weight_init in (None, *WEIGHT_INITS), f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{self.weight_init}'"),
-            (self.weight_init_scale is None or self.weight_init_scale > 0, f"--weight-init-scale must be positive, got {self.weight_init_scale}"),
-            (self.recipe in recipes, f"--recipe must be one of {', '.join(recipes)}, got '{self.recipe}'"),
+            (self.epochs >= 1, "epochs", f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr is None or self.lr > 0, "lr", f"--lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, "batch_size", f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.optimizer in (None, *OPTIMIZERS), "optimizer", f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'"),
+            (self.schedule in SCHEDULES, "schedule", f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'"),
+            (self.amp in AMP_MODES, "amp", f"--amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'"),
+            (self.subset is None or self.subset >= 1, "subset", f"--subset must be at least 1, got {self.subset}"),
+            (self.image_size is None or self.image_size >= 1, "image_size", f"--image-size must be at least 1 pixel, got {self.image_size}"),
+            (self.val_split >= 0, "val_split", f"--val-split must be a number of images >= 0, got {self.val_split}"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.weight_decay is None or self.weight_decay >= 0, "weight_decay", f"--weight-decay must be non-negative, got {self.weight_decay}"),
+            (self.momentum is None or self.momentum >= 0, "momentum", f"--momentum must be non-negative, got {self.momentum}"),
+            (self.warmup_epochs >= 0, "warmup_epochs", f"--warmup-epochs must be non-negative, got {self.warmup_epochs}"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"--grad-clip must be positive, got {self.grad_clip}"),
+            (self.weight_init in (None, *WEIGHT_INITS), "weight_init", f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{self.weight_init}'"),
+            (self.weight_init_scale is None or self.weight_init_scale > 0, "weight_init_scale", f"--weight-init-scale must be positive, got {self.weight_init_scale}"),
+            (self.recipe in recipes, "recipe", f"--recipe must be one of {', '.join(recipes)}, got '{self.recipe}'"),
         ]
-        for ok, message in checks:
+        for ok, setting, message in checks:
             if not ok:
-                raise FabenchError(message)
+                raise FabenchError(message, setting=setting)
         parse_feedback_memory(self.feedback_memory)
         return self
 

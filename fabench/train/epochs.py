@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 
-from fabench.train import distributed
 from fabench.train.checkpoint import Progress
 from fabench.train.device import synchronize
 from fabench.train.hooks import EpochContext, EpochHook
@@ -86,11 +85,11 @@ def _finish_epoch(session: Session, progress: Progress, epoch: int) -> dict:
     """Evaluate, and turn the epoch's sums into its history entry."""
     part = progress.partial
     test = evaluate(session.trainer.model, session.data.test(), device=session.device, amp=session.config.amp)
-    test = distributed.combine_eval(test, session.device)  # DDP: each rank saw its share of the test split
+    test = session.strategy.combine_eval(test, session.device)  # DDP: each rank saw its share
     val = {}
     if session.data.n_val:
         val = evaluate(session.trainer.model, session.data.val(), device=session.device, amp=session.config.amp)
-        val = distributed.combine_eval(val, session.device)
+        val = session.strategy.combine_eval(val, session.device)
     entry = {
         "epoch": epoch, "step": progress.global_step,
         "train_loss": part["loss_sum"] / part["seen"], "train_top1": 100.0 * part["correct"] / part["seen"],
@@ -124,7 +123,7 @@ def run_epochs(session: Session, progress: Progress, records: RunRecords, stop: 
         outcome = train_epoch(session.trainer, batches, should_stop=stop,
                               after_step=_after_step(hooks, session, records, progress, steps_now),
                               on_progress=_step_reporter(session, progress, epoch, started, emit))
-        outcome = distributed.gather_epoch(session, outcome)  # DDP: sums over ranks; BatchNorm statistics averaged
+        outcome = session.strategy.gather_epoch(session, outcome)  # DDP: sums over ranks, BN statistics averaged
         synchronize(session.device)
         _merge(progress, outcome, time.perf_counter() - started)
         if outcome.diverged:

@@ -7,8 +7,10 @@ evaluation, before that epoch's checkpoint is written, so whatever a hook logs t
 If it draws random numbers it should use its own ``torch.Generator``, so that training's
 random streams (and hence resumption) are unaffected.
 
-:func:`epoch_hooks` decides which hooks a run gets from its config; features that add
-per-layer metrics (``RunConfig.diagnostics``) register their hook there.
+Hooks are given to :func:`fabench.train.run` (``hooks=``) by whoever composes the run: the CLI
+and the grid pass :func:`fabench.diagnostics.run_hooks`, the probe of ``--diagnostics``. A hook
+with an integer attribute ``every_steps`` is also called after every that-many optimizer
+steps (:func:`fabench.train.epochs.call_step_hooks`).
 """
 
 from __future__ import annotations
@@ -38,14 +40,3 @@ class EpochContext:
 
 
 EpochHook = Callable[[EpochContext], None]
-
-
-def epoch_hooks(config: RunConfig) -> list[EpochHook]:
-    """The hooks a run with ``config`` gets.
-
-    A hook with an integer attribute ``every_steps`` is also called after every that-many
-    optimizer steps (:func:`fabench.train.epochs.call_step_hooks`).
-    """
-    from fabench.diagnostics import probe_hook  # integration point: fabench/diagnostics
-
-    return [hook for hook in (probe_hook(config),) if hook is not None]

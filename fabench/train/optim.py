@@ -27,23 +27,23 @@ from fabench.train.config import RunConfig
 def check_optimization(config: RunConfig) -> None:
     """Reject optimizer and schedule settings that cannot mean what the user wants."""
     if config.nesterov and config.optimizer != "sgd":
-        raise FabenchError(f"--nesterov applies to --optimizer sgd only, got --optimizer {config.optimizer}")
+        raise FabenchError(f"--nesterov applies to --optimizer sgd only, got --optimizer {config.optimizer}", setting="nesterov")
     if config.nesterov and config.momentum <= 0:
-        raise FabenchError("--nesterov needs a positive --momentum")
+        raise FabenchError("--nesterov needs a positive --momentum", setting="nesterov")
     if config.optimizer == "sgd" and config.momentum < 0:
-        raise FabenchError(f"--momentum must be non-negative, got {config.momentum}")
+        raise FabenchError(f"--momentum must be non-negative, got {config.momentum}", setting="momentum")
     if config.schedule == "multistep" and not config.milestones:
-        raise FabenchError("--schedule multistep needs --milestones, e.g. --milestones 30,60")
+        raise FabenchError("--schedule multistep needs --milestones, e.g. --milestones 30,60", setting="schedule")
     if config.milestones and config.schedule != "multistep":
-        raise FabenchError(f"--milestones applies to --schedule multistep only, got --schedule {config.schedule}")
+        raise FabenchError(f"--milestones applies to --schedule multistep only, got --schedule {config.schedule}", setting="milestones")
     if any(m < 1 for m in config.milestones):
-        raise FabenchError(f"--milestones must be positive epoch numbers, got {config.milestones}")
+        raise FabenchError(f"--milestones must be positive epoch numbers, got {config.milestones}", setting="milestones")
     if config.schedule == "step" and config.step_size < 1:
-        raise FabenchError(f"--step-size must be at least 1, got {config.step_size}")
+        raise FabenchError(f"--step-size must be at least 1, got {config.step_size}", setting="step_size")
     if config.gamma <= 0:
-        raise FabenchError(f"--gamma must be positive, got {config.gamma}")
+        raise FabenchError(f"--gamma must be positive, got {config.gamma}", setting="gamma")
     if config.warmup_epochs >= config.epochs and config.warmup_epochs > 0:
-        raise FabenchError(f"--warmup-epochs ({config.warmup_epochs}) must be less than --epochs ({config.epochs})")
+        raise FabenchError(f"--warmup-epochs ({config.warmup_epochs}) must be less than --epochs ({config.epochs})", setting="warmup_epochs")
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:

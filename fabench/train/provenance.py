@@ -45,4 +45,4 @@ def git_commit() -> str:
 
 def now() -> str:
     """The current time as an ISO 8601 string with timezone."""
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds")

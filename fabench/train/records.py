@@ -1,18 +1,14 @@
-"""A run's records on disk: atomic files, the manifest, and its place in ``results/runs.csv``.
+"""A run's records on disk: atomic files, locks and the manifest (``runs.csv`` has its own
+module, :mod:`fabench.train.runs_csv`).
 
 Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a reader (or a killed process) never sees half a file. ``runs.csv`` holds
-one row per run_id: a writer takes an exclusive ``fcntl`` lock, reads the table, replaces the
-run's old row (if any) and writes the whole table back atomically, so concurrent runs of a
-grid never lose, duplicate or tear a row.
+``os.replace``, so a reader (or a killed process) never sees half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import json
 import os
 import tempfile
@@ -21,12 +17,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fabench.errors import FabenchError
-from fabench.train.schema import COLUMNS
 
 MANIFEST = "manifest.json"
 CURVES = "curves.csv"
 CHECKPOINT = "last.pt"
-RUNS_CSV = "runs.csv"
 RUN_LOCK = ".lock"
 
 
@@ -114,37 +108,6 @@ def file_lock(path: Path, *, blocking: bool = True, remove: bool = False) -> Ite
         handle.close()
 
 
-def _read_runs(path: Path) -> list[list[str]]:
-    """Records of an existing runs.csv, header excluded, each exactly as written.
-
-    A foreign header is an error, never silently merged. Records are kept as lists of fields so
-    that a malformed one (which readers report) is carried over untouched, not repaired or lost.
-    """
-    if not path.exists():
-        return []
-    # surrogateescape: bytes that are not UTF-8 are carried over as they are, never lost or fatal
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        records = list(csv.reader(handle))
-    if records and tuple(records[0]) != COLUMNS:
-        raise FabenchError(
-            f"{path} has columns that differ from this fabench's runs.csv schema; "
-            "move it aside (or use another --results-dir) and rerun"
-        )
-    return records[1:]
-
-
-def upsert_run_row(results_dir: Path, row: dict) -> None:
-    """Put ``row`` into ``results_dir/runs.csv``, replacing the row with the same run_id."""
-    path = results_dir / RUNS_CSV
-    run_id_at = COLUMNS.index("run_id")
-    with file_lock(results_dir / f".{RUNS_CSV}.lock"):
-        kept = [r for r in _read_runs(path) if len(r) <= run_id_at or r[run_id_at] != row["run_id"]]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows([COLUMNS, *kept, [row[column] for column in COLUMNS]])
-        atomic_write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
-
-
 def check_output_file(path: Path, option: str) -> None:
     """Fail early, with one line, if a file cannot be written at ``path`` (given by ``option``)."""
     if path.is_dir():
@@ -158,20 +121,3 @@ def check_output_file(path: Path, option: str) -> None:
         raise FabenchError(f"{option} {path} cannot be created: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise FabenchError(f"{option} {path} cannot be written: {probe} is not writable")
-
-
-def check_results_dir(results_dir: Path) -> None:
-    """Fail early, with one line, if results cannot be written to ``results_dir``."""
-    probe = results_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise FabenchError(f"results folder {results_dir} cannot be created: {probe} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise FabenchError(f"results folder {results_dir} is not writable ({err.strerror}); choose another --results-dir") from None
-    _read_runs(results_dir / RUNS_CSV)

@@ -7,15 +7,21 @@ and the model and data have been built.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fabench.train import schema
 from fabench.train.checkpoint import Progress, save_checkpoint
+from fabench.train.config import SUBSET_SEED
 from fabench.train.curves import CurveWriter
 from fabench.train.device import describe_device
 from fabench.train.provenance import git_commit, now, package_versions
-from fabench.train.records import CHECKPOINT, CURVES, read_manifest, upsert_run_row, write_manifest
-from fabench.train.session import SUBSET_SEED, Session
+from fabench.train.records import CHECKPOINT, CURVES, MANIFEST, read_manifest, write_manifest
+from fabench.train.runs_csv import upsert_run_row
+
+if TYPE_CHECKING:  # the session is built by fabench.train.session, which needs nothing here
+    from fabench.train.session import Session
 
 #: Per-epoch values written to curves.csv: (key in the history entry, split, metric).
 EPOCH_CURVES = (
@@ -74,6 +80,12 @@ class RunRecords:
             "timings": {"started_at": now(), "finished_at": "", "train_time_s": 0.0, "images_per_s": None},
             "progress": {}, "result": {}, "error": "", "resumed_at": [], "evaluations": [],
         }
+
+    def clear(self) -> None:
+        """Remove an earlier attempt's checkpoint, curves and manifest (a run starting afresh)."""
+        for name in (CHECKPOINT, CURVES, MANIFEST):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()
 
     def begin(self, progress: Progress, resumed: bool) -> None:
         """Create the folder's records: a fresh manifest, or the old one marked as resumed."""

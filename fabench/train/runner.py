@@ -16,29 +16,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fabench.errors import FabenchError
-from fabench.train import distributed
+from fabench.train import parallel
 from fabench.train.checkpoint import Progress, load_checkpoint, restore_training
 from fabench.train.config import RunConfig
 from fabench.train.device import numerics
 from fabench.train.epochs import Emit, call_hooks, run_epochs
-from fabench.train.hooks import epoch_hooks
+from fabench.train.hooks import EpochHook
+from fabench.train.parallel import Strategy
 from fabench.train.recipes import resolve
-from fabench.train.records import (
-    CHECKPOINT,
-    CURVES,
-    MANIFEST,
-    RUN_LOCK,
-    read_manifest,
-    upsert_run_row,
-)
-from fabench.train.run_record import manifest_row
+from fabench.train.records import CHECKPOINT, RUN_LOCK, read_manifest
+from fabench.train.run_record import RunRecords, manifest_row
+from fabench.train.runs_csv import upsert_run_row
 from fabench.train.schema import DONE_STATUSES
 from fabench.train.session import Session, build_session, preflight
 
@@ -68,47 +63,42 @@ def _finished_manifest(run_dir: Path) -> dict | None:
     return manifest if manifest and manifest.get("status") in DONE_STATUSES else None
 
 
-def _skip(manifest: dict, config: RunConfig, run_dir: Path, emit: Emit) -> RunResult:
+def _skip(manifest: dict, config: RunConfig, run_dir: Path, strategy: Strategy, emit: Emit) -> RunResult:
     """Report an identical finished run instead of rerunning it; make sure its row exists."""
     row = manifest_row(manifest)
-    if distributed.is_main():  # DDP: only rank 0 writes
-        upsert_run_row(Path(config.results_dir), row)
+    strategy.on_main(upsert_run_row, Path(config.results_dir), row)
     emit({"kind": "end", "run_id": config.run_id, "status": manifest["status"], "skipped": True, "row": row,
           "run_dir": str(run_dir), "message": f"[{config.run_id}] already finished in {run_dir}; --force reruns it"})
     return RunResult(manifest["status"], run_dir, row, skipped=True)
 
 
-def _start_or_resume(session: Session, run_dir: Path, force: bool) -> tuple[Progress, bool]:
+def _start_or_resume(session: Session, records: RunRecords, run_dir: Path, force: bool) -> tuple[Progress, bool]:
     """Progress from the run's checkpoint if it should resume, else a clean folder and fresh Progress."""
     manifest = read_manifest(run_dir)
     resumable = manifest is None or manifest.get("status") in RESUMABLE
-    if distributed.agree(not force and resumable and (run_dir / CHECKPOINT).is_file()):  # DDP: rank 0 decides
+    if session.strategy.agree(not force and resumable and (run_dir / CHECKPOINT).is_file()):
         payload = load_checkpoint(run_dir / CHECKPOINT, session.config.run_id)
         t = session.trainer
         progress = restore_training(payload, model=session.model, optimizer=t.optimizer, scheduler=t.scheduler,
                                     scaler=t.scaler, data_generator=session.generator)
+        session.strategy.check_replicas(session, "after loading the checkpoint")
         return progress, True
-    for name in (CHECKPOINT, CURVES, MANIFEST) if distributed.is_main() else ():  # DDP: only rank 0 writes
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir / name).unlink()
+    records.clear()
     return Progress(), False
 
 
-def _train(session: Session, run_dir: Path, force: bool, emit: Emit) -> RunResult:
+def _train(session: Session, run_dir: Path, force: bool, emit: Emit, hooks: list[EpochHook]) -> RunResult:
     """Steps 3-4 for a built session, inside the run folder's lock."""
-    config = session.config
-    progress, resumed = _start_or_resume(session, run_dir, force)
-    if resumed:  # DDP: every rank loaded last.pt; they must now hold the same state
-        distributed.check_replicas(session, "after loading the checkpoint")
-    records = distributed.records(session, run_dir)  # DDP: rank 0 writes, other ranks write nothing
+    config, strategy = session.config, session.strategy
+    records = strategy.records(session, run_dir)
+    progress, resumed = _start_or_resume(session, records, run_dir, force)
     records.begin(progress, resumed)
-    hooks = epoch_hooks(config)
     emit({"kind": "start", "run_id": config.run_id, "task": config.task, "rule": config.rule, "arch": config.arch,
           "dataset": config.dataset, "seed": config.seed, "epochs": config.epochs, "start_epoch": progress.epoch,
           "start_step": progress.step_in_epoch, "steps_per_epoch": session.data.steps_per_epoch,
           "device": str(session.device), "run_dir": str(run_dir), "resumed": resumed,
           "recipe": session.recipe.header()})
-    with distributed.stop_on_signals(session.device) as stop:  # DDP: all ranks stop after the same step
+    with strategy.stop_on_signals(session.device) as stop:
         try:
             if not resumed:
                 call_hooks(hooks, session, records, progress)
@@ -125,25 +115,30 @@ def _train(session: Session, run_dir: Path, force: bool, emit: Emit) -> RunResul
     return RunResult(status, run_dir, row)
 
 
-def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None) -> RunResult:
-    """Train one run described by ``config`` and record it under ``config.results_dir``."""
+def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None,
+        hooks: Sequence[EpochHook] = ()) -> RunResult:
+    """Train one run described by ``config`` and record it under ``config.results_dir``.
+
+    ``hooks`` are called at step 0, after each epoch and, for hooks with ``every_steps``, every
+    that-many steps (:mod:`fabench.train.hooks`); the CLI passes the diagnostics probe here.
+    """
     config = dataclasses.replace(config)
-    distributed.join(config)  # DDP: under torchrun/srun, join the other processes; sets this rank's device
-    emit = (on_event if distributed.is_main() else None) or (lambda event: None)  # DDP: rank 0 reports
+    strategy = parallel.join(config)  # several processes (torchrun, srun): DDP; else one process
+    emit = strategy.emitter(on_event)
     if not TASK_NAME.fullmatch(config.task):
         raise FabenchError(f"task name '{config.task}' must be letters, digits, '.', '_' or '-' (it names a folder)")
     resolution = resolve(config)  # the recipe fills what the user left unset
     config = resolution.config
     device = preflight(config)
     run_dir = run_dir_of(config)
-    if not force and (done := distributed.agree(_finished_manifest(run_dir))):  # DDP: rank 0's view
-        return _skip(done, config, run_dir, emit)
+    if not force and (done := strategy.agree(_finished_manifest(run_dir))):
+        return _skip(done, config, run_dir, strategy, emit)
     with numerics(config.deterministic):
-        session = distributed.wrap(build_session(config, device, resolution))  # DDP: check replicas, shard data, wrap
+        session = strategy.prepare(build_session(config, device, resolution, strategy))
         run_dir.mkdir(parents=True, exist_ok=True)
-        with distributed.main_lock(run_dir / RUN_LOCK) as mine:  # DDP: rank 0 holds the lock for all
+        with strategy.lock(run_dir / RUN_LOCK) as mine:
             if not mine:
                 raise FabenchError(f"run {config.run_id} is being trained by another process ({run_dir})")
-            if not force and (done := distributed.agree(_finished_manifest(run_dir))):
-                return _skip(done, config, run_dir, emit)
-            return _train(session, run_dir, force, emit)
+            if not force and (done := strategy.agree(_finished_manifest(run_dir))):
+                return _skip(done, config, run_dir, strategy, emit)
+            return _train(session, run_dir, force, emit, list(hooks))

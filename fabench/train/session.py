@@ -13,21 +13,20 @@ and order, not which images are trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fabench.train.batches import RunData
-from fabench.train.config import RunConfig
+from fabench.train.config import SUBSET_SEED, RunConfig
 from fabench.train.device import check_amp, make_grad_scaler, resolve_device
 from fabench.train.loop import Trainer
 from fabench.train.optim import build_optimizer, build_scheduler, check_optimization
+from fabench.train.parallel import SingleProcess, Strategy
 from fabench.train.recipes import Resolution, resolve
-from fabench.train.records import check_results_dir
-
-SUBSET_SEED = 0
+from fabench.train.runs_csv import check_results_dir
 
 
 def check_config(config: RunConfig) -> RunConfig:
@@ -38,8 +37,8 @@ def check_config(config: RunConfig) -> RunConfig:
     """
     from fabench.archs import check_arch
     from fabench.data import check_dataset
-    from fabench.diagnostics import parse_diagnostics
     from fabench.rules import RuleOptions, parse_rule
+    from fabench.train.schedule import parse_diagnostics
 
     config.validate()
     parse_rule(config.rule)
@@ -76,6 +75,8 @@ class Session:
     trainer: Trainer
     generator: torch.Generator
     recipe: Resolution
+    #: how the run is spread over processes (fabench.train.parallel)
+    strategy: Strategy = field(default_factory=SingleProcess)
 
     @property
     def num_params(self) -> int:
@@ -113,7 +114,8 @@ def build_model(config: RunConfig, dataset, device: torch.device):
     return model, handle, source
 
 
-def build_session(config: RunConfig, device: torch.device, recipe: Resolution | None = None) -> Session:
+def build_session(config: RunConfig, device: torch.device, recipe: Resolution | None = None,
+                  strategy: Strategy | None = None) -> Session:
     """Load data, build model, rule, optimizer, schedule; raise FabenchError on bad input.
 
     ``recipe`` is how ``config`` was resolved (resolved here when not given).
@@ -132,4 +134,5 @@ def build_session(config: RunConfig, device: torch.device, recipe: Resolution | 
     forward = torch.compile(model) if config.compile else model
     trainer = Trainer(forward, optimizer, scheduler, make_grad_scaler(config.amp, device), device,
                       amp=config.amp, label_smoothing=config.label_smoothing, grad_clip=config.grad_clip)
-    return Session(config, device, data, model, handle, source, trainer, generator, recipe)
+    return Session(config, device, data, model, handle, source, trainer, generator, recipe,
+                   strategy or SingleProcess())

@@ -1,4 +1,4 @@
-"""``--diagnostics off|epoch|N``: when a run probes its layers.
+"""``--diagnostics off|epoch|N``: when a run calls its probe hooks (fabench.diagnostics).
 
 ``epoch`` probes at step 0 and after every epoch; ``N`` (a positive integer) does that and
 also probes after every N-th optimizer step; ``off`` never probes.
@@ -30,4 +30,4 @@ def parse_diagnostics(value: str | int) -> DiagnosticsSchedule:
         return DiagnosticsSchedule(True)
     if text.isdigit() and int(text) >= 1:
         return DiagnosticsSchedule(True, int(text))
-    raise FabenchError(f"--diagnostics must be off, epoch or a positive number of steps (e.g. 50), got '{value}'")
+    raise FabenchError(f"--diagnostics must be off, epoch or a positive number of steps (e.g. 50), got '{value}'", setting="diagnostics")

@@ -1,23 +1,84 @@
-"""Reading ``runs.csv`` for reports: schema checked, bad rows reported and skipped, never mixed in.
+"""``results/runs.csv``: its one writer and its one reader, side by side.
 
-The header must be exactly :data:`fabench.train.schema.COLUMNS` (a file from another schema
-version is refused as a whole). Each row must have the right number of fields, the current
-``schema_version``, a known ``status``, a ``run_id``, and numbers where numbers belong; a row
-that fails is reported as ``file:line: reason`` and left out. When a run_id appears more than
-once (an interrupted or failed attempt, then the finished resume), the last row wins.
+Writer (:func:`upsert_run_row`): one row per run_id. It takes an exclusive ``fcntl`` lock,
+reads the table, replaces the run's old row (if any) and writes the whole table back
+atomically, so concurrent runs of a grid never lose, duplicate or tear a row. Records that do
+not parse are carried over as they were (bytes that are not UTF-8 included), never repaired or
+lost.
+
+Reader (:func:`read_runs`): the rows checked against the schema (:mod:`fabench.train.schema`);
+malformed, foreign or non-UTF-8 rows are reported with their line and skipped, and the latest
+row of each run_id is kept. ``fabench table``, ``plot`` and the grid read through it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fabench._paths import display_path
 from fabench.errors import FabenchError
-from fabench.tasks._source import display_path
 from fabench.train import schema
+from fabench.train.records import atomic_write_bytes, file_lock
+from fabench.train.schema import COLUMNS
+
+RUNS_CSV = "runs.csv"
+
+
+def read_records(path: Path) -> list[list[str]]:
+    """Records of an existing runs.csv, header excluded, each exactly as written.
+
+    A foreign header is an error, never silently merged. Records are kept as lists of fields so
+    that a malformed one (which readers report) is carried over untouched, not repaired or lost.
+    """
+    if not path.exists():
+        return []
+    # surrogateescape: bytes that are not UTF-8 are carried over as they are, never lost or fatal
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        records = list(csv.reader(handle))
+    if records and tuple(records[0]) != COLUMNS:
+        raise FabenchError(
+            f"{path} has columns that differ from this fabench's runs.csv schema; "
+            "move it aside (or use another --results-dir) and rerun"
+        )
+    return records[1:]
+
+
+def upsert_run_row(results_dir: Path, row: dict) -> None:
+    """Put ``row`` into ``results_dir/runs.csv``, replacing the row with the same run_id."""
+    path = results_dir / RUNS_CSV
+    run_id_at = COLUMNS.index("run_id")
+    with file_lock(results_dir / f".{RUNS_CSV}.lock"):
+        kept = [r for r in read_records(path) if len(r) <= run_id_at or r[run_id_at] != row["run_id"]]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([COLUMNS, *kept, [row[column] for column in COLUMNS]])
+        atomic_write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Fail early, with one line, if results cannot be written to ``results_dir``."""
+    probe = results_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FabenchError(f"results folder {results_dir} cannot be created: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise FabenchError(f"results folder {results_dir} is not writable ({err.strerror}); choose another --results-dir") from None
+    read_records(results_dir / RUNS_CSV)
+
+
+# --- reading, checked ---------------------------------------------------------------------------
 
 #: Columns that must hold numbers when not empty.
 NUMERIC_COLUMNS = (

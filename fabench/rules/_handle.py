@@ -1,0 +1,110 @@
+"""The handle :func:`fabench.rules.apply` returns: what was done to a model, and how to undo it.
+
+It is also the engine's public view of each covered layer for code outside the engine (the
+diagnostics probe, the DDP replica check, the benchmarks): the layer's feedback kind, its current
+B, which buffers belong to the rule. Nobody outside ``fabench.rules`` reads the engine's private
+attributes or relies on its buffer names.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fabench.errors import FabenchError
+from fabench.rules import _layers, _modifiers
+from fabench.rules._feedback import feedback_tensor
+from fabench.rules._options import RuleOptions
+from fabench.rules._spec import RuleSpec
+
+
+@dataclass
+class FeedbackHandle:
+    """What :func:`apply` did to a model; ``remove()`` restores plain backprop exactly."""
+
+    spec: RuleSpec
+    options: RuleOptions
+    seed: int
+    layers: dict[str, nn.Module]
+    excluded: list[str]
+    _hooks: list = field(default_factory=list)
+
+    @property
+    def rule(self) -> str:
+        return self.spec.name
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the modifiers act at the optimizer's step (call once per optimizer)."""
+        self._hooks += _modifiers.attach(optimizer, self.layers, self.spec.modifiers, self.options.ei_mode)
+
+    def feedback(self, name: str) -> torch.Tensor:
+        """The B that backward would use for layer ``name`` now (W itself under bp).
+
+        For a layer whose own forward transforms its weight (timm's ``StdConv2d`` standardises
+        it), B follows the weight its last forward really used, so one forward must have run.
+        """
+        module = self.layers[name]
+        rule = module._fabench_rule
+        weight = module.weight
+        if rule.intercept:
+            weight = module.__dict__.get(_layers.SEEN_WEIGHT_ATTR)
+            if weight is None:
+                raise FabenchError(f"layer '{name}' ({type(module).__name__}) transforms its weight in its own forward; "
+                                   "run one forward pass before asking for its feedback")
+        if rule.kind == "bp":
+            return weight.detach()
+        buffer, sign = _layers.layer_buffers(module, rule)
+        with torch.no_grad():
+            return feedback_tensor(rule.kind, weight, buffer, sign)
+
+    def kind(self, name: str) -> str:
+        """Layer ``name``'s feedback kind (``bp``, ``fixed``, ``usf``, ..., ``dfa``; fabench.rules._feedback)."""
+        return self.layers[name]._fabench_rule.kind
+
+    def shares_weight_shape(self, name: str) -> bool:
+        """True if :meth:`feedback` of layer ``name`` is a tensor of W's shape, comparable with W
+        entry by entry: not a direct-feedback matrix, not a layer whose forward transforms W."""
+        module = self.layers[name]
+        return not module._fabench_rule.intercept and _layers.DIRECT_ATTR not in module.__dict__
+
+    def rule_buffers(self) -> dict[str, torch.Tensor]:
+        """Every buffer the rule added, by its full name in the model (``features.0.feedback_weight``)."""
+        return {f"{layer}.{buffer}": tensor for layer, module in self.layers.items()
+                for buffer, tensor in module.named_buffers(recurse=False) if buffer in _layers.ALL_BUFFERS}
+
+    def owns_buffer(self, full_name: str) -> bool:
+        """True if ``full_name`` (a name from ``model.named_buffers()``) is a buffer the rule added."""
+        layer, _, buffer = full_name.rpartition(".")
+        return layer in self.layers and buffer in _layers.ALL_BUFFERS
+
+    @contextmanager
+    def exact_backprop(self):
+        """Temporarily give every layer its class's forward (true gradients), e.g. for a probe."""
+        saved = [(m, m.__dict__.pop("forward", None)) for m in self.layers.values()]
+        try:
+            yield
+        finally:
+            for module, forward in saved:
+                if forward is not None:
+                    module.forward = forward
+
+    def remove(self) -> None:
+        """Detach hooks, forwards and buffers: the model is plain backprop again."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for module in self.layers.values():
+            _layers.uninstall(module)
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for run manifests."""
+        return {
+            "rule": self.rule, "base": self.spec.base.name, "kind": self.spec.base.kind,
+            "modifiers": list(self.spec.modifiers), "seed": self.seed,
+            "options": {"scale": self.options.scale, "init": self.options.init,
+                        "sn_norm": self.options.sn_norm, "ei_mode": self.options.ei_mode},
+            "feedback_form": "weight-shared", "layers": len(self.layers), "excluded": self.excluded,
+        }
