@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (set up, then run the main job offline) and `make test`.
+# Two entry points: `make demo` (set up, then run the main job offline: a CPU-scale reproduction of
+# Lance & Kieu's CIFAR-10 table) and `make test`.
 # Both create or refresh .venv themselves; nothing needs to be installed beforehand.
 PYTHON ?= python3
 VENV := .venv
@@ -17,8 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fabench grid smoke --workers 2 --no-progress
-	$(PY) -m fabench table --task smoke
+	$(PY) -m fabench grid repro-cifar --seed 0 --workers 2 --no-progress
+	$(PY) -m fabench table --task repro-cifar --compare published
 
 test: $(STAMP)
 	$(PY) -m ruff check fabench tests

@@ -16,6 +16,7 @@ OWN_ARCHS = (
     "arch1",
     "lenet",
     "lenet-biotorch",
+    "mlp",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -201,6 +202,7 @@ def test_list_archs_covers_all_sources():
         "arch1",
         "lenet",
         "lenet-biotorch",
+        "mlp",
         *[f"resnet{d}" for d in (20, 32, 44, 56, 110)],
     ]
     assert all(name.startswith("tv:") for name in list_archs("tv:*"))

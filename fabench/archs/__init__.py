@@ -13,10 +13,11 @@ Linear, BatchNorm, pooling and activation modules, which is what the learning ru
 Importing this package registers the family modules.
 """
 
-from fabench.archs import alexnet, arch1, cifar_resnet, lenet  # noqa: F401  (registration)
+from fabench.archs import alexnet, arch1, cifar_resnet, lenet, mlp  # noqa: F401  (registration)
 from fabench.archs._factory import (
     SOURCES,
     check_arch,
+    check_arch_options,
     create_model,
     default_image_size,
     list_archs,
@@ -31,6 +32,7 @@ __all__ = [
     "WEIGHT_INITS",
     "ArchSpec",
     "check_arch",
+    "check_arch_options",
     "check_weight_init",
     "create_model",
     "default_image_size",

@@ -86,6 +86,23 @@ def check_arch(name: str) -> tuple[str, str]:
     raise unknown_choice("architecture", name, choices)
 
 
+def check_arch_options(name: str, options: dict) -> None:
+    """Refuse options that fabench's own architecture ``name`` does not take (timm and
+    torchvision constructors take ``**kwargs``: they are checked when the model is built)."""
+    import inspect
+
+    source, bare = check_arch(name)
+    if source != "fabench" or not options:
+        return
+    parameters = inspect.signature(ARCHS.get(bare).build).parameters
+    fixed = ("num_classes", "in_chans", "image_size")
+    unknown = [key for key in options if key not in parameters or key in fixed]
+    if unknown:
+        takes = [p for p in parameters if p not in fixed]
+        raise FabenchError(f"architecture '{bare}' has no option '{unknown[0]}'; it takes "
+                           f"{', '.join(takes) if takes else 'no options'}", setting="arch_options")
+
+
 def _build_fabench(name: str, num_classes: int, in_chans: int, image_size, options) -> nn.Module:
     build = ARCHS.get(name).build
     try:

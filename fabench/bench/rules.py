@@ -71,6 +71,9 @@ class RuleFigures:
     step_peak_mib: float
     total_peak_mib: float
     state_mib: float
+    #: the work model's floor for this rule's step (fabench.bench.work_model), and its FLOPs
+    model_ms: float = float("nan")
+    model_gflop: float = float("nan")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -169,6 +172,23 @@ def measure_time(setup: BenchSetup, rules, *, steps: int, rounds: int) -> dict[s
     return {rule: 1000 * statistics.median(values) for rule, values in times.items()}
 
 
+def measure_model(setup: BenchSetup, rules) -> dict[str, tuple[float, float]]:
+    """Per rule: the work model's floor for one step (ms) at this machine's rates, and its GFLOPs."""
+    from fabench.bench.work_model import measure_rates, roofline_seconds, step_work
+    from fabench.rules import apply
+
+    model, _, _, dev = _build(setup)
+    x = torch.randn(setup.batch_size, 3, setup.image_size, setup.image_size, device=dev)
+    rates = measure_rates(dev)
+    figures = {}
+    for rule in rules:
+        handle = apply(model, rule, seed=setup.seed)
+        work = step_work(model, handle, x)
+        figures[rule] = (1000 * roofline_seconds(work, rates), work.flops / 1e9)
+        handle.remove()
+    return figures
+
+
 def run_rule_benchmark(setup: BenchSetup, rules, *, steps: int, rounds: int) -> list[RuleFigures]:
     """Time and memory of every rule on one model, in the order of ``rules``."""
     from fabench.rules import parse_rule
@@ -181,8 +201,9 @@ def run_rule_benchmark(setup: BenchSetup, rules, *, steps: int, rounds: int) -> 
     on_cpu = torch.device(setup.device).type == "cpu" and os.path.exists("/proc/self/clear_refs")
     memory = measure_memory_in_child(setup, rules) if on_cpu else measure_memory(setup, rules)
     times = measure_time(setup, rules, steps=steps, rounds=rounds)
-    figures = [RuleFigures(rule, times[rule], *memory[rule]) for rule in rules]
-    return [*figures, RuleFigures(CONTROL, times[CONTROL], *memory["bp"])]
+    models = measure_model(setup, rules)
+    figures = [RuleFigures(rule, times[rule], *memory[rule], *models[rule]) for rule in rules]
+    return [*figures, RuleFigures(CONTROL, times[CONTROL], *memory["bp"], *models["bp"])]
 
 
 if __name__ == "__main__":  # the memory pass's child process

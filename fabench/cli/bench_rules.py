@@ -22,7 +22,14 @@ def bench_rules(
     rounds: int = typer.Option(3, help="Rounds over all rules (after one warm-up round)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
-    """Train a few steps of ARCH under each rule; print median step time and peak memory vs bp."""
+    """Train a few steps of ARCH under each rule; print median step time and peak memory vs bp.
+
+    "model ms" is the work model's floor for the covered layers' part of the rule's step (FLOPs,
+    bytes and random draws at this machine's measured rates; fabench.bench.work_model); "model /
+    bp" adds to every rule's floor what bp's measured step spends beyond its own floor (the layers
+    no rule changes: BatchNorm, activations, pooling, the optimizer) and takes the ratio to bp;
+    "measured / model" is time / bp over model / bp: 1 means the rule costs what its arithmetic
+    says, above 1 how far its implementation is from that."""
     from fabench.bench.rules import BenchSetup, run_rule_benchmark
 
     names = ["bp", *[r.strip() for r in rules.split(",") if r.strip() and r.strip() != "bp"]]
@@ -30,13 +37,17 @@ def bench_rules(
     figures = run_rule_benchmark(setup, names, steps=steps, rounds=rounds)
     base = figures[0]
     table = Table(title=f"{arch}, batch {batch_size}, {image_size}x{image_size}, {device}: ratios to bp")
-    columns = ("rule", "step ms", "time / bp", "step peak MiB", "step / bp", "total peak MiB", "total / bp",
-               "feedback state MiB")
+    # what the model leaves out (BatchNorm, activations, pooling, the optimizer) costs every rule the
+    # same: bp's measured time beyond its model's floor, added to every rule's floor
+    common = max(0.0, base.step_ms - base.model_ms)
+    columns = ("rule", "step ms", "time / bp", "model ms", "model / bp", "measured / model", "GFLOP", "step peak MiB",
+               "step / bp", "total peak MiB", "total / bp", "feedback state MiB")
     for column in columns:
         table.add_column(column, justify="left" if column == "rule" else "right")
     for f in figures:
-        table.add_row(f.rule, f"{f.step_ms:.1f}", f"{f.step_ms / base.step_ms:.3f}",
-                      f"{f.step_peak_mib:.1f}", f"{f.step_peak_mib / base.step_peak_mib:.3f}",
+        time_ratio, model_ratio = f.step_ms / base.step_ms, (f.model_ms + common) / (base.model_ms + common)
+        table.add_row(f.rule, f"{f.step_ms:.1f}", f"{time_ratio:.3f}", f"{f.model_ms:.1f}", f"{model_ratio:.3f}",
+                      f"{time_ratio / model_ratio:.3f}", f"{f.model_gflop:.2f}", f"{f.step_peak_mib:.1f}", f"{f.step_peak_mib / base.step_peak_mib:.3f}",
                       f"{f.total_peak_mib:.1f}", f"{f.total_peak_mib / base.total_peak_mib:.3f}",
                       f"{f.state_mib:.2f}")
-    Console(width=140).print(table)
+    Console(width=180).print(table)

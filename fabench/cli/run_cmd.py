@@ -38,6 +38,26 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         raise FabenchError(f"{option} takes comma-separated integers, e.g. 30,60; got '{text}'") from None
 
 
+def _key_values(items: list[str] | None, option: str) -> dict | None:
+    """``["hidden=1000", "activation=sigmoid"]`` -> ``{"hidden": 1000, "activation": "sigmoid"}``."""
+    if not items:
+        return None
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise FabenchError(f"{option} takes KEY=VALUE, e.g. {option} hidden=1000; got '{item}'")
+        value: object = text.strip()
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
 def _patterns(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
@@ -54,6 +74,7 @@ def run_command(
     ctx: typer.Context,
     rule: Annotated[str | None, typer.Option(help="Feedback rule, e.g. bp, fa, fa-usf-sn+const.", show_default=_default("rule"))] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture (fabench ls archs).", show_default=_default("arch"))] = None,
+    arch_option: Annotated[list[str] | None, typer.Option(help="An option of the architecture as KEY=VALUE, e.g. hidden=1000 or activation=sigmoid (repeatable).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name or .npz path (fabench ls datasets).", show_default=_default("dataset"))] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of init, feedback and data order.", show_default=_default("seed"))] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", show_default=_default("epochs"))] = None,
@@ -80,6 +101,11 @@ def run_command(
     feedback_init: Annotated[str | None, typer.Option(help="auto, kaiming, xiao, xavier or weight.", show_default=_default("feedback_init"))] = None,
     sn_norm: Annotated[str | None, typer.Option(help="Norm of fa-usf-sn: fro (flattened L2) or spectral.", show_default=_default("sn_norm"))] = None,
     ei_mode: Annotated[str | None, typer.Option(help="+ei: a weight whose update would flip sign is set to zero or keep-sign (1e-8).", show_default=_default("ei_mode"))] = None,
+    mirror_lr: Annotated[float | None, typer.Option(help="wm: mirror learning rate (B moves by lr·(estimate − decay·B)).", show_default=_default("mirror_lr"))] = None,
+    mirror_decay: Annotated[float | None, typer.Option(help="wm: decay of B in the mirror (1: B tracks W; less: W / decay).", show_default=_default("mirror_decay"))] = None,
+    mirror_steps: Annotated[int | None, typer.Option(help="wm: mirror steps each time the mirror runs.", show_default=_default("mirror_steps"))] = None,
+    mirror_every: Annotated[str | None, typer.Option(help="wm: run the mirror after every training step or every epoch.", show_default=_default("mirror_every"))] = None,
+    mirror_warmup: Annotated[int | None, typer.Option(help="wm: mirror steps before the first training step.", show_default="one epoch's worth")] = None,
     feedback_memory: Annotated[str | None, typer.Option(help="dfa/dense-fa matrices: auto, materialised, tiled or a budget like 512MB.", show_default=_default("feedback_memory"))] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Module-name patterns kept on exact backprop (repeat or comma-separate).")] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, fp16 (CUDA, with GradScaler) or off.", show_default=_default("amp"))] = None,
@@ -101,8 +127,9 @@ def run_command(
     from fabench.train.display import RunDisplay
 
     values = {name: value for name, value in ctx.params.items() if name not in COMMAND_ONLY}
+    values.pop("arch_option", None)
     values.update(milestones=_int_list(milestones, "--milestones"), exclude=_patterns(exclude),
-                  progress=False if no_progress else None)
+                  progress=False if no_progress else None, arch_options=_key_values(arch_option, "--arch-option"))
     config = build_config(values)
     display = RunDisplay(live=config.progress)
     try:

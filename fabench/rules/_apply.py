@@ -41,10 +41,12 @@ def _register_buffers(module: nn.Module, name: str, spec: RuleSpec, kind: str, o
     """Create the fixed tensors this layer's rule and modifiers need, seeded by its name."""
     weight = module.weight.detach()
     std = _std(weight, kind, options)
-    # fa-usf-init's magnitudes and dense-fa's Linear feedback are fa's own draws
-    purpose = "fa" if spec.base.name in ("fa-usf-init", "dense-fa") else spec.base.name
-    if kind == "fixed":
+    # fa-usf-init's magnitudes, dense-fa's Linear feedback and kp's and wm's starting B are fa's own draws
+    purpose = "fa" if spec.base.name in ("fa-usf-init", "dense-fa", "kp", "wm") else spec.base.name
+    if kind in ("fixed", "kp", "wm"):
         module.register_buffer("feedback_weight", _init.draw_normal(weight, std, seed, name, purpose))
+        if kind == "wm":
+            module.register_buffer(_layers.MIRROR_STEP_BUFFER, torch.zeros((), dtype=torch.int64, device=weight.device))
     elif kind == "magnitude":
         module.register_buffer("feedback_magnitude", _init.draw_normal(weight, std, seed, name, purpose).abs())
     elif kind in ("usf", "brsf"):
@@ -58,7 +60,8 @@ def _register_buffers(module: nn.Module, name: str, spec: RuleSpec, kind: str, o
 
 def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: float | None = None,
           init: str = "auto", sn_norm: str = "fro", ei_mode: str = "zero", feedback_memory: str = "auto",
-          input_shape: tuple[int, ...] | None = None) -> FeedbackHandle:
+          input_shape: tuple[int, ...] | None = None, mirror_lr: float = 0.01, mirror_decay: float = 1.0,
+          mirror_steps: int = 1, mirror_every: str = "step", mirror_warmup: int | None = None) -> FeedbackHandle:
     """Attach feedback ``rule`` (e.g. ``"fa-usf-sn+const"``) to every Conv2d/Linear of ``model``.
 
     ``exclude``: fnmatch patterns of module names left on exact backprop. ``scale``: the
@@ -75,9 +78,14 @@ def apply(model: nn.Module, rule: str, *, seed: int = 0, exclude=(), scale: floa
     or a size such as ``512MB``) decides whether they are held or redrawn in tiles during
     backward; ``input_shape`` (e.g. ``(3, 224, 224)``) lets that plan be made at once, by a
     batch-1 probe forward, instead of at the first training forward.
+
+    ``kp`` and ``wm`` learn B (:mod:`fabench.rules._learned`); ``mirror_lr``, ``mirror_decay``,
+    ``mirror_steps``, ``mirror_every`` (``step`` or ``epoch``) and ``mirror_warmup`` (mirror steps
+    before training; None: one epoch's worth, run by ``handle.begin_training``) set the weight mirror.
     """
     spec = parse_rule(rule)
-    options = RuleOptions(scale, init, sn_norm, ei_mode).validate().check_used_by(spec)
+    options = RuleOptions(scale, init, sn_norm, ei_mode, mirror_lr, mirror_decay, mirror_steps,
+                          mirror_every, mirror_warmup).validate().check_used_by(spec)
     memory = parse_feedback_memory(feedback_memory)
     layers = covered_layers(model, exclude)
     if not layers:

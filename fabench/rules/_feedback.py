@@ -7,6 +7,8 @@ scale of W), and nothing is held between forward and backward that backprop woul
 Kinds (see :mod:`fabench.rules._spec` for which rule uses which):
 
 - ``fixed``: B = B0, a buffer drawn once.
+- ``kp``, ``wm``: B, a buffer that starts as ``fixed``'s draw and is learned between steps
+  (:mod:`fabench.rules._learned`).
 - ``usf``: B = s · sign(W), ``s`` a scalar buffer.
 - ``magnitude``: B = |M| ⊙ sign(W), ``|M|`` a buffer drawn once.
 - ``sn``: B = sign(W) · ‖W‖_F / ‖sign(W)‖_F.
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import torch
 
-FEEDBACK_KINDS = ("fixed", "usf", "magnitude", "sn", "sn-spectral", "brsf")
+FEEDBACK_KINDS = ("fixed", "usf", "magnitude", "sn", "sn-spectral", "brsf", "kp", "wm")
+#: Kinds whose B is a buffer used as it is (fixed, or learned by kp / wm outside backward).
+HELD_KINDS = ("fixed", "kp", "wm")
 
 
 def draw_magnitudes(weight: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -47,7 +51,7 @@ def feedback_tensor(
     Each formula allocates one weight-sized tensor (two for ``brsf``: its fresh magnitudes
     and their signs), scaled in place, so the transient cost of a rule is one copy of W.
     """
-    if kind == "fixed":
+    if kind in HELD_KINDS:
         return buffer
     if kind == "brsf":
         return draw_magnitudes(weight, buffer).mul_(torch.sign(weight) if fixed_sign is None else fixed_sign)

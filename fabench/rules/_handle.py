@@ -8,6 +8,8 @@ attributes or relies on its buffer names.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from fabench.errors import FabenchError
-from fabench.rules import _layers, _modifiers
+from fabench.rules import _layers, _learned, _modifiers
 from fabench.rules._feedback import feedback_tensor
 from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec
@@ -37,8 +39,31 @@ class FeedbackHandle:
         return self.spec.name
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Make the modifiers act at the optimizer's step (call once per optimizer)."""
+        """Make the modifiers, and rules that learn their feedback, act at the optimizer's step
+        (call once per optimizer, before its learning-rate scheduler is made: kp adds B to it)."""
         self._hooks += _modifiers.attach(optimizer, self.layers, self.spec.modifiers, self.options.ei_mode)
+        if self.spec.base.kind == "kp":
+            self._hooks += _learned.attach_kolen_pollack(optimizer, self.layers)
+        elif self.spec.base.kind == "wm":
+            self._hooks += _learned.attach_weight_mirror(optimizer, self.layers, self.seed, self.options)
+
+    def begin_training(self, steps_per_epoch: int) -> None:
+        """Called by training loops once, before the first step of a fresh run: the weight
+        mirror's initial phase (``mirror_warmup`` steps; by default one epoch's worth, as the
+        authors' public code sweeps once over the data, and at least ``⌈3 / mirror_lr⌉`` so that
+        B keeps under 5 % of its random start: it starts as fa's draw, scaled like a full-size W)."""
+        o = self.options
+        if self.spec.base.kind == "wm":
+            default = max(steps_per_epoch, math.ceil(3 / o.mirror_lr))
+            for _ in range(default if o.mirror_warmup is None else o.mirror_warmup):
+                _learned.mirror_step(self.layers, self.seed, o.mirror_lr, o.mirror_decay)
+
+    def end_epoch(self) -> None:
+        """Called by training loops after each epoch: the weight mirror's per-epoch phase, if chosen."""
+        o = self.options
+        if self.spec.base.kind == "wm" and o.mirror_every == "epoch":
+            for _ in range(o.mirror_steps):
+                _learned.mirror_step(self.layers, self.seed, o.mirror_lr, o.mirror_decay)
 
     def feedback(self, name: str) -> torch.Tensor:
         """The B that backward would use for layer ``name`` now (W itself under bp).
@@ -104,7 +129,6 @@ class FeedbackHandle:
         return {
             "rule": self.rule, "base": self.spec.base.name, "kind": self.spec.base.kind,
             "modifiers": list(self.spec.modifiers), "seed": self.seed,
-            "options": {"scale": self.options.scale, "init": self.options.init,
-                        "sn_norm": self.options.sn_norm, "ei_mode": self.options.ei_mode},
+            "options": dataclasses.asdict(self.options),
             "feedback_form": "weight-shared", "layers": len(self.layers), "excluded": self.excluded,
         }

@@ -31,12 +31,14 @@ from fabench.errors import FabenchError
 from fabench.rules._functions import RuleConv2d, RuleLinear
 
 #: Buffer that holds each kind's fixed tensor (None: the kind needs none).
-KIND_BUFFER = {"fixed": "feedback_weight", "usf": "feedback_scale", "magnitude": "feedback_magnitude",
+KIND_BUFFER = {"fixed": "feedback_weight", "kp": "feedback_weight", "wm": "feedback_weight", "usf": "feedback_scale", "magnitude": "feedback_magnitude",
                "brsf": "feedback_scale", "sn": None, "sn-spectral": None}
 SIGN_BUFFER = "feedback_sign"
 NORM_BUFFER = "feedback_norm0"
 MATRIX_BUFFER = "feedback_matrix"
-ALL_BUFFERS = ("feedback_weight", "feedback_scale", "feedback_magnitude", SIGN_BUFFER, NORM_BUFFER, MATRIX_BUFFER)
+MIRROR_STEP_BUFFER = "feedback_mirror_steps"
+ALL_BUFFERS = ("feedback_weight", "feedback_scale", "feedback_magnitude", SIGN_BUFFER, NORM_BUFFER, MATRIX_BUFFER,
+               MIRROR_STEP_BUFFER)
 #: Attribute holding a direct-feedback rule's per-layer object (see fabench.rules._direct).
 DIRECT_ATTR = "_fabench_direct"
 

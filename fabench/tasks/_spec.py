@@ -46,7 +46,8 @@ MATCH_KEYS = ("rule", "arch", "dataset", "seed", "variant")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null",
+               "dict[str, Any]": "a mapping of option names to values"}
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def _coerce_one(kind: str, value: Any) -> tuple[bool, Any]:
         return False, value
     if kind == "str":
         return isinstance(value, str), value
+    if kind.startswith("dict["):
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value), value
     inner = re.fullmatch(r"list\[(\w+)\]", kind)
     if inner:
         if not isinstance(value, list):

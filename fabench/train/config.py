@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabench.errors import FabenchError
 
@@ -38,6 +39,8 @@ class RunConfig:
     # what is compared
     rule: str = "bp"
     arch: str = "arch1"
+    #: keyword options of the architecture's constructor, e.g. {"hidden": "1000", "activation": "sigmoid"}
+    arch_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "cifar10-mini"
     seed: int = 0
     # task bookkeeping (an ad-hoc `fabench run` belongs to task "adhoc")
@@ -73,6 +76,12 @@ class RunConfig:
     feedback_init: str = "auto"
     sn_norm: str = "fro"
     ei_mode: str = "zero"
+    # the weight mirror (rule wm; fabench.rules._learned)
+    mirror_lr: float = 0.01
+    mirror_decay: float = 1.0
+    mirror_steps: int = 1
+    mirror_every: str = "step"
+    mirror_warmup: int | None = None
     exclude: list[str] = field(default_factory=list)
     feedback_memory: str = "auto"
     # numerics and speed

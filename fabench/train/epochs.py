@@ -124,6 +124,8 @@ def run_epochs(session: Session, progress: Progress, records: RunRecords, stop: 
                               after_step=_after_step(hooks, session, records, progress, steps_now),
                               on_progress=_step_reporter(session, progress, epoch, started, emit))
         outcome = session.strategy.gather_epoch(session, outcome)  # DDP: sums over ranks, BN statistics averaged
+        if not outcome.interrupted and not outcome.diverged:
+            session.handle.end_epoch()  # rules with a per-epoch phase (wm --mirror-every epoch)
         synchronize(session.device)
         _merge(progress, outcome, time.perf_counter() - started)
         if outcome.diverged:

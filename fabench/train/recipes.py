@@ -23,7 +23,9 @@ arch1, far above ln 10). Starting those forward weights at 0.1x their scale lets
 layers align with B before the hidden layers' changes can reach the logits, as Lillicrap et
 al. 2016 started FA networks from small weights (BioTorch reaches stability the other way, with
 a 10-100x smaller SGD learning rate for FA and DFA, which at CPU scale learns far more slowly).
-Backprop and the sign-concordant rules train best from the architecture's own init, and keep it;
+Rules that learn their feedback (kp, wm) start from fa's random B, so they start like fa and get
+fa's small init. Backprop and the sign-concordant rules train best from the architecture's own
+init, and keep it;
 the optimizer and learning rate are the same for every family.
 """
 
@@ -73,21 +75,21 @@ RECIPES = (
     Recipe(
         "small-cnn", ("arch1", "lenet", "lenet-biotorch", "mlp"),
         {"optimizer": "adam", "lr": 1e-3},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
         "Adam 1e-3 as Lance & Kieu 2026 train arch1; random feedback and DFA start from 0.1x "
         "forward weights (tasks/fa-stability.yaml)",
     ),
     Recipe(
         "alexnet", ("alexnet",),
         {"optimizer": "adam", "lr": 1e-3, "weight_init": "xavier-uniform"},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
         "as small-cnn, from Xavier-uniform forward weights (BioTorch's init): from its own Kaiming init the "
         "BN-free AlexNet starts at 1.6x ln(10) and Adam blows it up further (README, recipes)",
     ),
     Recipe(
         "cifar-resnet", ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
         {"optimizer": "adam", "lr": 1e-3},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT},
+        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
         "Adam 1e-3 as BioTorch's Adam configs; random feedback and DFA as small-cnn "
         "(tasks/fa-stability.yaml)",
     ),

@@ -101,6 +101,7 @@ def _train(session: Session, run_dir: Path, force: bool, emit: Emit, hooks: list
     with strategy.stop_on_signals(session.device) as stop:
         try:
             if not resumed:
+                session.handle.begin_training(session.data.steps_per_epoch)  # e.g. wm's first mirror sweep
                 call_hooks(hooks, session, records, progress)
             status, error = run_epochs(session, progress, records, stop, emit, hooks)
         except Exception as err:

@@ -83,7 +83,7 @@ def check_results_dir(results_dir: Path) -> None:
 #: Columns that must hold numbers when not empty.
 NUMERIC_COLUMNS = (
     "seed", "subset", "image_size", "val_split", "epochs", "batch_size", "lr", "momentum",
-    "weight_decay", "label_smoothing", "warmup_epochs", "grad_clip", "weight_init_scale",
+    "weight_decay", "label_smoothing", "warmup_epochs", "grad_clip", "weight_init_scale", "mirror_lr", "mirror_decay", "mirror_steps", "mirror_warmup",
     "feedback_scale", "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
     "best_epoch", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "final_test_loss",
     "first_train_loss", "final_train_loss", "train_time_s", "images_per_s", "num_params",

@@ -9,15 +9,18 @@ them in. Bump ``SCHEMA_VERSION`` whenever the columns change.
 
 from __future__ import annotations
 
+import json
+
 SCHEMA_VERSION = 2
 
 #: Config columns, in order; each is a field of RunConfig (plus run_id and schema_version).
 CONFIG_COLUMNS = (
-    "schema_version", "run_id", "task", "task_version", "rule", "arch", "dataset", "seed",
+    "schema_version", "run_id", "task", "task_version", "rule", "arch", "arch_options", "dataset", "seed",
     "subset", "image_size", "val_split", "recipe", "epochs", "batch_size", "optimizer", "lr",
     "momentum", "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs",
     "grad_clip", "weight_init", "weight_init_scale", "feedback_scale", "feedback_init", "sn_norm",
-    "ei_mode", "amp", "channels_last", "compile", "deterministic",
+    "ei_mode", "mirror_lr", "mirror_decay", "mirror_steps", "mirror_every", "mirror_warmup", "amp", "channels_last",
+    "compile", "deterministic",
 )
 
 #: Metric columns: accuracies in percent on the test split, times in seconds.
@@ -61,4 +64,6 @@ def make_row(config: dict, metrics: dict, provenance: dict) -> dict:
         if unknown:
             raise KeyError(f"unknown {name} column(s) for runs.csv: {sorted(unknown)}")
     merged = {**config, "schema_version": SCHEMA_VERSION, **metrics, **provenance}
+    if isinstance(merged.get("arch_options"), dict):  # one cell: JSON, keys sorted ("" when none)
+        merged["arch_options"] = json.dumps(merged["arch_options"], sort_keys=True) if merged["arch_options"] else ""
     return {column: merged.get(column, "") for column in COLUMNS}

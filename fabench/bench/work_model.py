@@ -1,0 +1,182 @@
+"""The work one training step of a rule must do: FLOPs, bytes and random numbers, from the layers' shapes.
+
+This is the physical limit a rule's measured step time is held against (``fabench bench rules``
+prints both as ratios to bp). Counted for the covered layers (Conv2d, Linear), where the rules
+differ; BatchNorm, activations and pooling cost every rule the same and are left out, so the
+model's ratio to bp is an upper bound on how different two rules can be made to run.
+
+Per covered layer with ``M`` multiply-adds in its forward (``batch · out positions · C_out ·
+C_in/groups · k²`` for a conv, ``batch · in · out`` for a Linear):
+
+- forward: ``2M`` FLOPs; weight gradient: ``2M`` (every rule);
+- δx, when the layer's input needs one (not for the first layer): ``2M`` for backprop and every
+  rule that sends δy back through a W-shaped B (the FA family, kp, wm); ``2·batch·classes·d_in``
+  for ``dfa`` (``D_l e``); ``dfa-conv``'s taps ``2·batch·classes·C_in·k²`` plus the depthwise
+  spreading ``2·batch·C_in·k²·H_out·W_out``; ``2·batch·d_out·d_in`` for ``dense-fa``'s dense B;
+- bytes moved (float32): the layer's input and output maps, three times each (forward, and the two
+  gradient products), its weight three times, and any feedback tensor read in backward (B; a DFA
+  or dense-FA matrix, materialised or regenerated tile by tile: read once either way);
+- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), a tiled matrix's entries, the
+  weight mirror's noise (``MIRROR_BATCH`` noise samples per layer and mirror step, whose conv and
+  correlation add ``4·M_mirror`` FLOPs).
+
+:func:`roofline_seconds` turns a :class:`Work` into time with this machine's measured rates:
+``max(FLOPs / matmul rate, bytes / copy bandwidth) + draws · time per draw`` per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerWork:
+    """One covered layer's share of a step."""
+
+    name: str
+    flops: float = 0.0
+    bytes: float = 0.0
+    draws: float = 0.0
+
+
+@dataclass
+class Work:
+    """A step's work, summed over the covered layers, and per layer."""
+
+    layers: list[LayerWork] = field(default_factory=list)
+
+    @property
+    def flops(self) -> float:
+        return sum(layer.flops for layer in self.layers)
+
+    @property
+    def bytes(self) -> float:
+        return sum(layer.bytes for layer in self.layers)
+
+    @property
+    def draws(self) -> float:
+        return sum(layer.draws for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """This machine's matmul rate, copy bandwidth and random-draw time (measured, not assumed)."""
+
+    flop_per_s: float
+    byte_per_s: float
+    s_per_draw: float
+
+
+def _shapes(model: nn.Module, handle, x: torch.Tensor) -> dict[str, tuple]:
+    """(input shape, output shape, input needs grad) of every covered layer, from one forward."""
+    seen: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if name not in seen and isinstance(output, torch.Tensor):
+                seen[name] = (tuple(args[0].shape), tuple(output.shape), bool(args[0].requires_grad))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in handle.layers.items()]
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _macs(module: nn.Module, in_shape: tuple, out_shape: tuple) -> float:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return math.prod(out_shape) * (in_shape[1] // module.groups) * kh * kw
+    return math.prod(out_shape) * in_shape[-1]
+
+
+def _dx_flops(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, classes: int, macs: float) -> float:
+    batch, d_in, d_out = in_shape[0], math.prod(in_shape[1:]), math.prod(out_shape[1:])
+    if kind == "dfa":
+        return 2.0 * batch * classes * d_in
+    if kind == "dfa-conv" and isinstance(module, nn.Conv2d):
+        taps = in_shape[1] * math.prod(module.kernel_size)
+        return 2.0 * batch * classes * taps + 2.0 * batch * taps * math.prod(out_shape[2:])
+    if kind == "dense" and isinstance(module, nn.Conv2d):
+        return 2.0 * batch * d_out * d_in
+    return 2.0 * macs
+
+
+def _feedback_numel(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, classes: int) -> float:
+    """Entries of the feedback tensor backward reads (0 for bp, whose W is already counted)."""
+    d_in, d_out = math.prod(in_shape[1:]), math.prod(out_shape[1:])
+    if kind == "dfa" or (kind == "dfa-conv" and not isinstance(module, nn.Conv2d)):
+        return float(classes * d_in)
+    if kind == "dfa-conv":
+        return float(classes * in_shape[1] * math.prod(module.kernel_size))
+    if kind == "dense" and isinstance(module, nn.Conv2d):
+        return float(d_out * d_in)
+    return 0.0 if kind == "bp" else float(module.weight.numel())
+
+
+def step_work(model: nn.Module, handle, x: torch.Tensor, *, tiled: bool = False) -> Work:
+    """The work of one training step of ``model`` under ``handle``'s rule on batch ``x``."""
+    from fabench.rules import MIRROR_BATCH, MIRROR_POSITIONS
+
+    shapes = _shapes(model, handle, x)
+    classes = model(x[:1]).shape[-1]
+    work = Work()
+    for name, (in_shape, out_shape, needs_dx) in shapes.items():
+        module, kind = handle.layers[name], handle.kind(name)
+        macs = _macs(module, in_shape, out_shape)
+        layer = LayerWork(name, flops=4.0 * macs)
+        layer.bytes = 4.0 * 3 * (math.prod(in_shape) + math.prod(out_shape) + module.weight.numel())
+        if needs_dx:
+            layer.flops += _dx_flops(kind, module, in_shape, out_shape, classes, macs)
+            feedback = _feedback_numel(kind, module, in_shape, out_shape, classes)
+            layer.bytes += 4.0 * feedback
+            layer.draws += feedback if (tiled and kind in ("dfa", "dense")) else 0.0
+            layer.draws += module.weight.numel() if kind == "brsf" else 0.0
+        if kind == "wm":
+            mirror_macs = MIRROR_BATCH * MIRROR_POSITIONS**2 * module.weight.numel() if isinstance(
+                module, nn.Conv2d) else MIRROR_BATCH * module.weight.numel()
+            steps = handle.options.mirror_steps if handle.options.mirror_every == "step" else 0
+            layer.flops += steps * 4.0 * mirror_macs
+            layer.draws += steps * mirror_macs / module.weight[0].numel()
+        work.layers.append(layer)
+    return work
+
+
+def measure_rates(device: torch.device) -> Rates:
+    """Time a matmul, a large copy and a large normal draw on ``device`` (median of 3)."""
+    a, b = torch.randn(512, 512, device=device), torch.randn(512, 512, device=device)
+    big, out = torch.randn(1 << 23, device=device), torch.empty(1 << 23, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def timed(fn) -> float:
+        fn()
+        runs = []
+        for _ in range(3):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            runs.append(time.perf_counter() - start)
+        return sorted(runs)[1]
+
+    matmul = timed(lambda: a @ b)
+    copy = timed(lambda: out.copy_(big))
+    draw = timed(lambda: torch.randn(out.shape, generator=gen, out=out, device=device))
+    return Rates(2 * 512**3 / matmul, 2 * 4 * big.numel() / copy, draw / big.numel())
+
+
+def roofline_seconds(work: Work, rates: Rates) -> float:
+    """The fastest a step with ``work`` could run at ``rates``: per layer, compute or memory, whichever binds."""
+    return sum(max(layer.flops / rates.flop_per_s, layer.bytes / rates.byte_per_s) + layer.draws * rates.s_per_draw
+               for layer in work.layers)
