@@ -79,7 +79,8 @@ def table(
     if fmt == "rich":
         from rich.console import Console
 
-        tables.render_rich(blocks, Console())
+        console = Console()
+        tables.render_rich(blocks, console if console.is_terminal else Console(width=200))
         return
     text = {"markdown": tables.render_markdown, "csv": tables.render_csv, "latex": tables.render_latex}[fmt](blocks)
     if output is None:

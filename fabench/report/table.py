@@ -296,7 +296,9 @@ def build_comparison(frame, *, metric_name: str) -> list[Block]:
     for dataset, part in frame.groupby("dataset", sort=False):
         block = Block(f"dataset={dataset}", [*shown, "selection", "measured", "n", "published", "Δ", "source"], [])
         used: set[str] = set()
-        for values, sub in part.groupby(shown, dropna=False, sort=False):
+        groups = dict(part.groupby(shown, dropna=False, sort=False).__iter__())
+        for values in _natural_order(_as_tuple(key) for key in groups):
+            sub = groups[values if len(shown) > 1 else values[0]]
             named = {"dataset": dataset, **dict(zip(shown, values, strict=True))}
             match, why = match_published(published, dataset, named["arch"], named["rule"], named["optimizer"])
             selection = match.selection if match else next(k for k, v in SELECTION_COLUMNS.items() if v == metric.column)

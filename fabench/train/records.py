@@ -108,15 +108,19 @@ def file_lock(path: Path, *, blocking: bool = True, remove: bool = False) -> Ite
         handle.close()
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor (where it would be created)."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
 def check_output_file(path: Path, option: str) -> None:
     """Fail early, with one line, if a file cannot be written at ``path`` (given by ``option``)."""
     if path.is_dir():
         raise FabenchError(f"{option} {path} is a folder; give a file path inside it")
-    probe = path.parent
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = nearest_existing(path.parent)
     if not probe.is_dir():
         raise FabenchError(f"{option} {path} cannot be created: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):

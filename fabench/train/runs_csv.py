@@ -24,7 +24,7 @@ from pathlib import Path
 from fabench._paths import display_path
 from fabench.errors import FabenchError
 from fabench.train import schema
-from fabench.train.records import atomic_write_bytes, file_lock
+from fabench.train.records import atomic_write_bytes, file_lock, nearest_existing
 from fabench.train.schema import COLUMNS
 
 RUNS_CSV = "runs.csv"
@@ -63,11 +63,7 @@ def upsert_run_row(results_dir: Path, row: dict) -> None:
 
 def check_results_dir(results_dir: Path) -> None:
     """Fail early, with one line, if results cannot be written to ``results_dir``."""
-    probe = results_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = nearest_existing(results_dir)
     if not probe.is_dir():
         raise FabenchError(f"results folder {results_dir} cannot be created: {probe} is not a folder")
     try:
