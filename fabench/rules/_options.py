@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fabench.errors import FabenchError
@@ -60,9 +61,9 @@ class RuleOptions:
                                f"the rules that use it: {users}", setting="feedback_init")
         if self.sn_norm != "fro" and spec.base.kind != "sn":
             raise FabenchError(f"--sn-norm applies to fa-usf-sn only, not {spec.name}", setting="sn_norm")
-        mirror = {"mirror_lr": 0.01, "mirror_decay": 1.0, "mirror_steps": 1, "mirror_every": "step",
-                  "mirror_warmup": None}
-        changed = [name for name, default in mirror.items() if getattr(self, name) != default]
+        defaults = RuleOptions()
+        changed = [f.name for f in dataclasses.fields(self)
+                   if f.name.startswith("mirror_") and getattr(self, f.name) != getattr(defaults, f.name)]
         if changed and spec.base.kind != "wm":
             raise FabenchError(f"--{changed[0].replace('_', '-')} applies to wm (the weight mirror) only, not {spec.name}",
                                setting=changed[0])
