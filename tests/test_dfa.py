@@ -1,4 +1,4 @@
-"""DFA, dfa-conv and dense-fa: δx by hand, tiled = materialised, seeds across processes, learning."""
+"""DFA, dfa-conv, dfa-wht and dense-fa: δx by hand, tiled = materialised, seeds across processes, learning."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fabench.errors import FabenchError
 from fabench.rules import _tiles, apply, list_rules, parse_rule
 from fabench.rules._init import layer_generator
 
-DIRECT_RULES = ("dfa", "dfa-conv", "dense-fa")
+DIRECT_RULES = ("dfa", "dfa-conv", "dfa-wht", "dense-fa")
 CLASSES = 7
 
 
@@ -167,6 +167,45 @@ def test_dfa_conv_is_a_transposed_conv_of_e_repeated_over_positions():
         assert not torch.allclose(expected[:, :, 0, 0], expected[:, :, 1, 1])  # the borders differ
 
 
+def sylvester(n: int) -> torch.Tensor:
+    """Sylvester's Hadamard matrix by its recursive definition, H_2m = [[H_m, H_m], [H_m, -H_m]]."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def test_walsh_hadamard_is_sylvesters_matrix_times_x():
+    from fabench.rules._direct import walsh_hadamard
+    for n in (1, 2, 8, 32, 128):
+        x = torch.randn(3, 2, n, dtype=torch.float64)
+        torch.testing.assert_close(walsh_hadamard(x), x @ sylvester(n), rtol=1e-12, atol=1e-12)
+
+
+def test_dfa_wht_input_gradient_is_signed_hadamard_blocks_times_e(monkeypatch):
+    monkeypatch.setattr(_tiles, "TILE_ELEMENTS", 40)  # the signs come in several tiles too
+    model = tiny_cnn()
+    handle = apply(model, "dfa-wht", seed=2)
+    inputs = record_inputs(model, ["down", "same", "hidden", "head"])
+    x, y = batch()
+    logits = model(x)
+    logits.retain_grad()
+    F.cross_entropy(logits, y).backward()
+    width = 8  # the smallest power of two >= 7 classes
+    for name in ("down", "hidden", "head"):
+        d_in = inputs[name][0].numel()
+        blocks = -(-d_in // width)
+        signs = hand_drawn(2, name, "dfa-wht", blocks, CLASSES, 1.0).sign()
+        block_rows = [sylvester(width)[:, :CLASSES] * signs[b] for b in range(blocks)]
+        d = torch.cat(block_rows)[:d_in] * math.sqrt(2 / d_in)  # ±std, dfa's std
+        torch.testing.assert_close(handle.feedback(name), d, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(inputs[name].grad, (logits.grad @ d.t()).view_as(inputs[name]),
+                                   rtol=1e-10, atol=1e-14)
+    # what it holds: one sign per block and class, about d_in numbers per layer (dfa: d_in · classes)
+    held = sum(-(-inputs[n][0].numel() // width) * CLASSES for n in ("down", "same", "hidden", "head"))
+    assert handle.describe()["feedback_matrix_mib"] == round(model.head.weight.element_size() * held / 2**20, 3)
+
+
 @pytest.mark.parametrize("rule", DIRECT_RULES)
 def test_tiled_and_materialised_forms_give_the_same_gradients(rule, monkeypatch):
     monkeypatch.setattr(_tiles, "TILE_ELEMENTS", 50)
@@ -296,7 +335,7 @@ def learning_layers(model, layers) -> set[str]:
     return {n for n, m in layers.items() if m.weight.grad is not None and m.weight.grad.abs().sum() > 0}
 
 
-@pytest.mark.parametrize("rule", ("dfa", "dfa-conv", "dense-fa"))
+@pytest.mark.parametrize("rule", DIRECT_RULES)
 def test_direct_rules_run_on_timm_models(rule):
     for factory in (lambda: timm.create_model("resnet18", num_classes=10),
                     lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, depth=2)):

@@ -214,8 +214,8 @@ def run_feedback_memory_benchmark(cases, rules, *, steps: int = 2, batch_size: i
         if name not in CASES:
             raise unknown_choice("feedback-memory case", name, CASES)
     for rule in rules:
-        if parse_rule(rule).base.kind not in ("dfa", "dfa-conv", "dense"):
-            raise FabenchError(f"bench feedback-memory measures dfa, dfa-conv and dense-fa, got '{rule}'")
+        if parse_rule(rule).base.kind not in ("dfa", "dfa-conv", "dfa-wht", "dense"):
+            raise FabenchError(f"bench feedback-memory measures dfa, dfa-conv, dfa-wht and dense-fa, got '{rule}'")
     dev = torch.device(device)
     rates = measure_rates(dev)
     rows = []

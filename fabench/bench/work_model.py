@@ -6,22 +6,27 @@ differ; BatchNorm, activations and pooling cost every rule the same and are left
 model's ratio to bp is an upper bound on how different two rules can be made to run.
 
 Per covered layer with ``M`` multiply-adds in its forward (``batch · out positions · C_out ·
-C_in/groups · k²`` for a conv, ``batch · in · out`` for a Linear):
+C_in/groups · k²`` for a conv, ``batch · in · out`` for a Linear), the step runs these kernels,
+one after another:
 
-- forward: ``2M`` FLOPs; weight gradient: ``2M`` (every rule);
+- forward: ``2M`` FLOPs, reading the input map and W, writing the output map;
+- weight gradient: ``2M`` (every rule), reading both maps, writing ∂L/∂W;
 - δx, when the layer's input needs one (not for the first layer): ``2M`` for backprop and every
-  rule that sends δy back through a W-shaped B (the FA family, kp, wm); ``2·batch·classes·d_in``
-  for ``dfa`` (``D_l e``); ``dfa-conv``'s taps ``2·batch·classes·C_in·k²`` plus the depthwise
-  spreading ``2·batch·C_in·k²·H_out·W_out``; ``2·batch·d_out·d_in`` for ``dense-fa``'s dense B;
-- bytes moved (float32): the layer's input and output maps, three times each (forward, and the two
-  gradient products), its weight three times, and any feedback tensor read in backward (B; a DFA
-  or dense-FA matrix, materialised or regenerated tile by tile: read once either way);
+  rule that sends δy back through a W-shaped B (the FA family, kp, wm), reading δy and W (or B);
+  ``2·batch·classes·d_in`` for ``dfa`` (``D_l e``), reading its matrix; ``dfa-conv``'s taps
+  ``2·batch·classes·C_in·k²`` plus the depthwise spreading ``2·batch·C_in·k²·H_out·W_out``;
+  ``dfa-wht``'s sign flips and transform, ``batch·blocks·(classes + n·f)`` with ``f`` from
+  :func:`~fabench.rules.hadamard_flops`, reading its signs; ``2·batch·d_out·d_in`` for ``dense-fa``'s dense B; every δx kernel writes the input's map;
 - random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), a tiled matrix's entries, the
   weight mirror's noise (``MIRROR_BATCH`` noise samples per layer and mirror step, whose conv and
-  correlation add ``4·M_mirror`` FLOPs).
+  correlation add a kernel of ``4·M_mirror`` FLOPs).
 
-:func:`roofline_seconds` turns a :class:`Work` into time with this machine's measured rates:
-``max(FLOPs / matmul rate, bytes / copy bandwidth) + draws · time per draw`` per layer.
+All in float32. :func:`roofline_seconds` turns a :class:`Work` into time with this machine's
+measured rates: per *kernel*, ``max(FLOPs / matmul rate, bytes / copy bandwidth)``, summed, plus
+``draws · time per draw``. Kernels run one after another, so a kernel bound by memory (DFA's
+``D_l e`` at a small batch streams its matrix at a few FLOPs per byte) cannot hide under the
+compute of the layer's convolutions; the first version of this model took the maximum per
+layer and so under-counted such a step.
 """
 
 from __future__ import annotations
@@ -33,15 +38,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fabench.rules import hadamard_flops
+
 
 @dataclass
 class LayerWork:
-    """One covered layer's share of a step."""
+    """One covered layer's share of a step: its kernels' ``(FLOPs, bytes)`` and its random draws."""
 
     name: str
-    flops: float = 0.0
-    bytes: float = 0.0
+    kernels: list[tuple[float, float]] = field(default_factory=list)
     draws: float = 0.0
+
+    @property
+    def flops(self) -> float:
+        return sum(flops for flops, _ in self.kernels)
+
+    @property
+    def bytes(self) -> float:
+        return sum(moved for _, moved in self.kernels)
 
 
 @dataclass
@@ -106,21 +120,31 @@ def _dx_flops(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, c
     if kind == "dfa-conv" and isinstance(module, nn.Conv2d):
         taps = in_shape[1] * math.prod(module.kernel_size)
         return 2.0 * batch * classes * taps + 2.0 * batch * taps * math.prod(out_shape[2:])
+    if kind == "dfa-wht":
+        width = 1 << max(0, (classes - 1).bit_length())
+        return batch * -(-d_in // width) * (classes + width * hadamard_flops(width))
     if kind == "dense" and isinstance(module, nn.Conv2d):
         return 2.0 * batch * d_out * d_in
     return 2.0 * macs
 
 
 def _feedback_numel(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, classes: int) -> float:
-    """Entries of the feedback tensor backward reads (0 for bp, whose W is already counted)."""
+    """Entries of the tensor the δx kernel multiplies by: W (bp), B, or a direct rule's matrix or signs."""
     d_in, d_out = math.prod(in_shape[1:]), math.prod(out_shape[1:])
     if kind == "dfa" or (kind == "dfa-conv" and not isinstance(module, nn.Conv2d)):
         return float(classes * d_in)
     if kind == "dfa-conv":
         return float(classes * in_shape[1] * math.prod(module.kernel_size))
+    if kind == "dfa-wht":
+        return float(-(-d_in // (1 << max(0, (classes - 1).bit_length()))) * classes)
     if kind == "dense" and isinstance(module, nn.Conv2d):
         return float(d_out * d_in)
-    return 0.0 if kind == "bp" else float(module.weight.numel())
+    return float(module.weight.numel())
+
+
+def _reads_output_error(kind: str) -> bool:
+    """Whether a rule's δx kernel starts from δy (the map) rather than from the output error e."""
+    return kind not in ("dfa", "dfa-conv", "dfa-wht")
 
 
 def step_work(model: nn.Module, handle, x: torch.Tensor, *, tiled: bool = False) -> Work:
@@ -133,19 +157,20 @@ def step_work(model: nn.Module, handle, x: torch.Tensor, *, tiled: bool = False)
     for name, (in_shape, out_shape, needs_dx) in shapes.items():
         module, kind = handle.layers[name], handle.kind(name)
         macs = _macs(module, in_shape, out_shape)
-        layer = LayerWork(name, flops=4.0 * macs)
-        layer.bytes = 4.0 * 3 * (math.prod(in_shape) + math.prod(out_shape) + module.weight.numel())
+        maps = 4.0 * (math.prod(in_shape) + math.prod(out_shape) + module.weight.numel())
+        layer = LayerWork(name, kernels=[(2.0 * macs, maps), (2.0 * macs, maps)])  # forward, weight gradient
         if needs_dx:
-            layer.flops += _dx_flops(kind, module, in_shape, out_shape, classes, macs)
             feedback = _feedback_numel(kind, module, in_shape, out_shape, classes)
-            layer.bytes += 4.0 * feedback
-            layer.draws += feedback if (tiled and kind in ("dfa", "dense")) else 0.0
+            source = math.prod(out_shape) if _reads_output_error(kind) else in_shape[0] * classes
+            layer.kernels.append((_dx_flops(kind, module, in_shape, out_shape, classes, macs),
+                                  4.0 * (feedback + source + math.prod(in_shape))))
+            layer.draws += feedback if (tiled and kind in ("dfa", "dfa-wht", "dense")) else 0.0
             layer.draws += module.weight.numel() if kind == "brsf" else 0.0
         if kind == "wm":
             mirror_macs = MIRROR_BATCH * MIRROR_POSITIONS**2 * module.weight.numel() if isinstance(
                 module, nn.Conv2d) else MIRROR_BATCH * module.weight.numel()
             steps = handle.options.mirror_steps if handle.options.mirror_every == "step" else 0
-            layer.flops += steps * 4.0 * mirror_macs
+            layer.kernels.append((steps * 4.0 * mirror_macs, 4.0 * 2 * steps * module.weight.numel()))
             layer.draws += steps * mirror_macs / module.weight[0].numel()
         work.layers.append(layer)
     return work
@@ -177,6 +202,6 @@ def measure_rates(device: torch.device) -> Rates:
 
 
 def roofline_seconds(work: Work, rates: Rates) -> float:
-    """The fastest a step with ``work`` could run at ``rates``: per layer, compute or memory, whichever binds."""
-    return sum(max(layer.flops / rates.flop_per_s, layer.bytes / rates.byte_per_s) + layer.draws * rates.s_per_draw
-               for layer in work.layers)
+    """The fastest a step with ``work`` could run at ``rates``: per kernel, compute or memory, whichever binds."""
+    return sum(max(flops / rates.flop_per_s, moved / rates.byte_per_s)
+               for layer in work.layers for flops, moved in layer.kernels) + work.draws * rates.s_per_draw

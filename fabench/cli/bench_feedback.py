@@ -36,7 +36,7 @@ def bench_feedback_memory(
     cases: str = typer.Option("arch1,resnet20,resnet18",
                               help="Comma-separated cases: arch1 (24 px, 10 classes), resnet20 (32 px, 10), "
                                    "resnet18 (timm, 224 px, 1000)."),
-    rules: str = typer.Option("dfa,dense-fa", help="Comma-separated rules among dfa, dfa-conv, dense-fa."),
+    rules: str = typer.Option("dfa,dense-fa", help="Comma-separated rules among dfa, dfa-conv, dfa-wht, dense-fa."),
     batch_size: int | None = typer.Option(None, help="Images per step (default: 64, 64 and 8 per case)."),
     steps: int = typer.Option(3, help="Timed steps per form, each paired with a bp step (after a warm-up)."),
     max_materialise: str = typer.Option("4GiB", help="Largest matrices the materialised form may allocate."),

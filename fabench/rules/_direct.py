@@ -9,6 +9,10 @@ These rules form it otherwise, from a fixed random matrix per layer (:mod:`._til
   across positions (BioTorch's DFA conv layer, see :class:`StructuredDFA`):
   ``classes·C_in·k²`` numbers per layer instead of ``classes·C_in·H·W``; Linear layers get
   dense ``dfa`` matrices;
+- ``dfa-wht``: DFA whose ``D_l`` is structured, random signs and a fast Walsh–Hadamard
+  transform (see :class:`HadamardDFA`): the same role as ``dfa``'s matrix at ``d_in`` numbers
+  per layer instead of ``classes·d_in``, and ``log2`` of the classes in work per entry of δx
+  instead of the classes;
 - ``dense-fa``: a conv's δx = Bᵀ δy with a dense ``[d_out, d_in]`` B over the flattened maps
   (no weight sharing); its Linear layers are exactly ``fa`` (same draws).
 
@@ -40,11 +44,13 @@ batch-1 probe forward in eval mode). The form follows ``feedback_memory`` (:clas
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fabench.errors import FabenchError
@@ -55,7 +61,9 @@ from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
 from fabench.rules._tiles import MemoryPolicy, RandomMatrix
 
 #: Rule kinds served here; a Linear layer may map to another kind (see :func:`layer_kind`).
-DIRECT_KINDS = ("dfa", "dfa-conv", "dense")
+DIRECT_KINDS = ("dfa", "dfa-conv", "dfa-wht", "dense")
+#: Longest Walsh–Hadamard transform done as one product with the whole ``H_n`` (see walsh_hadamard).
+DENSE_HADAMARD_MAX = 64
 #: Root-model attribute holding the handle's :class:`DirectState`. The root hooks look it up
 #: there (not in a closure), so a deep copy of the model carries a consistent copy of it.
 STATE_ATTR = "_fabench_direct_state"
@@ -217,6 +225,10 @@ class LayerFeedback:
         """The matrix's dtype: the layer weight's (float32 under autocast, as the weights are)."""
         return self.module.weight.dtype
 
+    def dense(self, *, device, dtype) -> torch.Tensor:
+        """The matrix this layer's δx is a product with, drawn whole (for tests and diagnostics)."""
+        return self.matrix().materialise(device=device, dtype=dtype)
+
 
 class DenseDFA(LayerFeedback):
     """``dfa``: δx = D e with D ``[d_in, classes]``."""
@@ -285,6 +297,104 @@ class StructuredDFA(LayerFeedback):
         return grad.view(x.shape)
 
 
+@functools.lru_cache(maxsize=64)
+def hadamard(n: int, *, device, dtype) -> torch.Tensor:
+    """Sylvester's ``n × n`` Hadamard matrix (``n`` a power of two): ``H[i, j] = (-1)^popcount(i & j)``."""
+    index = torch.arange(n, device=device)
+    bits = (index[:, None] & index[None, :]).to(torch.int64)
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits >>= 1
+    return (1 - 2 * parity).to(dtype)
+
+
+def hadamard_flops(n: int) -> float:
+    """FLOPs per entry of :func:`walsh_hadamard` of length ``n``: ``2n``, or ``2(a + b)`` for ``n = a·b``."""
+    if n <= DENSE_HADAMARD_MAX:
+        return 2.0 * n
+    a = 1 << ((n.bit_length() - 1) // 2)
+    return 2.0 * (a + n // a)
+
+
+def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
+    """``H_n x`` along the last dimension (``n`` a power of two), Sylvester's unnormalised ``H``.
+
+    Up to ``n = 64`` it is one product with ``H_n`` (``n`` multiply-adds per entry). Beyond,
+    ``H_n = H_a ⊗ H_b`` for ``n = a·b`` (both powers of two), so viewing each length-``n``
+    vector as an ``a × b`` matrix ``X`` (row-major), ``H_n x`` is ``H_a X H_b``: two small
+    matrix products, ``a + b`` multiply-adds per entry (64 for n = 1024). Either runs at the
+    matmul rate, where the ``log2 n`` butterfly passes of the textbook transform would each
+    stream the whole tensor through memory.
+    """
+    n = x.shape[-1]
+    if n <= DENSE_HADAMARD_MAX:
+        return torch.matmul(x.reshape(-1, n), hadamard(n, device=x.device, dtype=x.dtype)).view(x.shape)
+    a = 1 << ((n.bit_length() - 1) // 2)
+    grid = x.reshape(-1, a, n // a)
+    left = hadamard(a, device=x.device, dtype=x.dtype)
+    right = hadamard(n // a, device=x.device, dtype=x.dtype)
+    return torch.matmul(left, torch.matmul(grid, right)).view(x.shape)
+
+
+class HadamardDFA(DenseDFA):
+    """``dfa-wht``: δx = D e with a structured ``D`` ``[d_in, classes]``: random signs, then a Hadamard transform.
+
+    With ``n`` the smallest power of two ≥ classes, D's rows come in blocks of ``n``; block
+    ``b`` is ``std · H_n[:, :classes] · diag(s_b)``, ``s_b`` a fixed random sign vector per
+    block (the last block cut at ``d_in``). So ``D e`` is, block by block, ``std · H_n (s_b ⊙ e)``
+    with ``e`` zero-padded to ``n``: one sign flip and one fast Walsh–Hadamard transform per
+    block and sample (computed as small matrix products, :func:`walsh_hadamard`). Every entry
+    of D is ``±std``, the columns within a block are orthogonal, and ``‖D e‖² ≈ d_in·std²·‖e‖²``,
+    the same expected size as ``dfa``'s i.i.d. Gaussian D.
+    What it holds is the signs, ``blocks × classes ≈ d_in`` numbers (drawn as the signs of a
+    Gaussian :class:`RandomMatrix`, so seeding and tiling are ``dfa``'s); what it computes is
+    at most ``batch · d_in · 64`` multiply-adds instead of ``dfa``'s ``batch · d_in · classes``.
+    The structured random projection is the one of fast Johnson–Lindenstrauss transforms
+    (Ailon & Chazelle 2006) and Fastfood (Le, Sarlós & Smola 2013); using it as DFA's feedback is
+    fabench's own variant (README, "DFA and dense FA").
+    """
+
+    purpose = "dfa-wht"
+
+    @property
+    def width(self) -> int:
+        """``n``: the transform's length, the smallest power of two ≥ the classes."""
+        return 1 << max(0, (self.state.num_classes - 1).bit_length())
+
+    def matrix_shape(self):
+        return -(-math.prod(self.in_shape) // self.width), self.state.num_classes
+
+    def product_flops(self, batch: int) -> float:
+        """The sign flips, and the transform's small products per block (:func:`walsh_hadamard`)."""
+        blocks, classes = self.matrix_shape()
+        return batch * blocks * (classes + self.width * hadamard_flops(self.width))
+
+    def signs(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``s``: ``[blocks, classes]`` of ±1, held with the plan's form or drawn now when tiled."""
+        held = self.held(dtype, device)
+        source = held if held is not None else self.matrix().materialise(device=device, dtype=dtype)
+        return torch.where(source >= 0, 1.0, -1.0).to(dtype)
+
+    def project(self, error: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        """``D e`` for ``e`` ``[batch, classes]``: ``[batch, d_in]``."""
+        classes = signs.shape[1]
+        flipped = error[:, None, :] * signs[None]
+        padded = F.pad(flipped, (0, self.width - classes))
+        return walsh_hadamard(padded).reshape(error.shape[0], -1)[:, : math.prod(self.in_shape)] * self.std()
+
+    def input_grad(self, grad_out, x, slot, geometry=None):
+        self.check_shape(x)
+        error = _dfa.error_for(slot, self.name, x.shape[0])
+        dtype = self.compute_dtype()
+        return self.project(error.to(dtype), self.signs(dtype, x.device)).view(x.shape)
+
+    def dense(self, *, device, dtype) -> torch.Tensor:
+        """D itself: the product with each unit vector of the classes."""
+        eye = torch.eye(self.state.num_classes, device=device, dtype=dtype)
+        return self.project(eye, self.signs(dtype, device)).t().contiguous()
+
+
 class DenseFA(LayerFeedback):
     """``dense-fa`` on a conv: δx = Bᵀ δy over flattened maps, B ``[d_out, d_in]``."""
 
@@ -303,7 +413,7 @@ class DenseFA(LayerFeedback):
         return self.matrix().times(flat, self.held(dtype, x.device)).view(x.shape)
 
 
-_FEEDBACK_CLASSES = {"dfa": DenseDFA, "dfa-conv": StructuredDFA, "dense": DenseFA}
+_FEEDBACK_CLASSES = {"dfa": DenseDFA, "dfa-conv": StructuredDFA, "dfa-wht": HadamardDFA, "dense": DenseFA}
 
 
 @dataclass
@@ -324,7 +434,7 @@ class DirectHandle(FeedbackHandle):
         if direct is None:
             return super().feedback(name)
         weight = self.layers[name].weight
-        return direct.matrix().materialise(device=weight.device, dtype=weight.dtype)
+        return direct.dense(device=weight.device, dtype=weight.dtype)
 
     def describe(self) -> dict:
         """The base summary plus which form ran and what the matrices take (see README)."""
@@ -362,7 +472,7 @@ def attach(model: nn.Module, handle_args: dict, kind: str, policy: MemoryPolicy,
     """Give each covered layer its feedback object and the root model its hooks; plan if we can."""
     options = handle_args["options"]
     state = DirectState(handle_args["spec"].base.name, type(model).__name__, policy,
-                        captures_error=kind in ("dfa", "dfa-conv"))
+                        captures_error=kind in ("dfa", "dfa-conv", "dfa-wht"))
     for name, module in handle_args["layers"].items():
         cls = _FEEDBACK_CLASSES.get(layer_kind(kind, module))
         if cls is None:  # dense-fa's Linear layers: plain fa through RuleLinear

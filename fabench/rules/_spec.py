@@ -57,6 +57,7 @@ _define("fa-frsf", "magnitude", "fixed random-magnitude sign-concordant feedback
 _define("fa-brsf", "brsf", "batchwise random-magnitude sign-concordant: B = |M_t| ⊙ sign(W_t), M_t redrawn every step [lit, Liao et al. 2016]")
 _define("dfa", "dfa", "direct feedback alignment: each layer's δx = D_l e, e = ∂L/∂logits, D_l fixed random [lit, Nøkland 2016]")
 _define("dfa-conv", "dfa-conv", "DFA whose conv feedback is a random [classes × C_in × k × k] kernel shared across positions (BioTorch's DFA) [2nd]")
+_define("dfa-wht", "dfa-wht", "DFA through a structured random matrix: fixed random signs, then a fast Walsh-Hadamard transform; d_in numbers per layer [own]")
 _define("kp", "kp", "Kolen-Pollack: B starts as fa's draw and gets W's update and its own weight decay each step, so B and W converge [lit, Akrout et al. 2019]")
 _define("wm", "wm", "weight mirror: B starts as fa's draw; after each step a mirror phase moves it toward the layer's response to noise, an estimate of W [lit, Akrout et al. 2019]")
 _define("dense-fa", "dense", "FA whose conv feedback is a dense fixed random [d_out × d_in] matrix, no weight sharing [inf]")
@@ -65,7 +66,7 @@ _define("dense-fa", "dense", "FA whose conv feedback is a dense fixed random [d_
 #: The family of each feedback kind: what kind of feedback reaches the hidden layers. Training
 #: recipes (fabench.train.recipes) differ by family, never by rule name.
 FAMILIES = {"bp": "bp", "fixed": "random", "dense": "random", "usf": "sign", "magnitude": "sign", "sn": "sign",
-            "brsf": "sign", "dfa": "direct", "dfa-conv": "direct", "kp": "learned", "wm": "learned"}
+            "brsf": "sign", "dfa": "direct", "dfa-conv": "direct", "dfa-wht": "direct", "kp": "learned", "wm": "learned"}
 
 
 def rule_family(spec: str) -> str:
