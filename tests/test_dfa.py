@@ -71,6 +71,14 @@ def hand_drawn(seed: int, name: str, purpose: str, rows: int, cols: int, std: fl
     return (torch.cat(tiles) * std).double()
 
 
+def output_error(model, x, y) -> torch.Tensor:
+    """One forward and backward of the cross-entropy loss; returns e = ∂L/∂logits."""
+    logits = model(x)
+    logits.retain_grad()
+    F.cross_entropy(logits, y).backward()
+    return logits.grad
+
+
 def record_inputs(model, names):
     """Forward hooks keeping each named layer's input, with its gradient retained."""
     seen = {}
@@ -107,11 +115,7 @@ def test_dfa_input_gradient_is_D_times_e(monkeypatch):
     model = tiny_cnn()
     handle = apply(model, "dfa", seed=2)
     inputs = record_inputs(model, ["down", "same", "hidden", "head"])
-    x, y = batch()
-    logits = model(x)
-    logits.retain_grad()
-    F.cross_entropy(logits, y).backward()
-    e = logits.grad
+    e = output_error(model, *batch())
     for name in ("down", "same", "hidden", "head"):
         d_in = inputs[name][0].numel()
         d = hand_drawn(2, name, "dfa", d_in, CLASSES, math.sqrt(2 / d_in))
@@ -153,15 +157,13 @@ def test_dfa_conv_is_a_transposed_conv_of_e_repeated_over_positions():
     for index in (2, 4):
         model[index].register_forward_pre_hook(lambda m, args, i=index: seen.setdefault(i, args[0]).retain_grad())
     x, y = batch()
-    logits = model(x)
-    logits.retain_grad()
-    F.cross_entropy(logits, y).backward()
+    e = output_error(model, x, y)
     for index, stride in ((2, 2), (4, 1)):
         channels = seen[index].shape[1]
         kernel = handle.feedback(str(index)).view(CLASSES, channels, 3, 3)
         assert torch.equal(kernel.flatten(1), hand_drawn(0, str(index), "dfa-conv", CLASSES, channels * 9,
                                                           math.sqrt(2 / (channels * 9 * 4 * 4))))
-        repeated = logits.grad[:, :, None, None].expand(len(x), CLASSES, 4, 4)  # BioTorch's literal form
+        repeated = e[:, :, None, None].expand(len(x), CLASSES, 4, 4)  # BioTorch's literal form
         expected = torch.nn.grad.conv2d_input(seen[index].shape, kernel, repeated, stride=stride, padding=1)
         torch.testing.assert_close(seen[index].grad, expected, rtol=1e-12, atol=1e-15)
         assert not torch.allclose(expected[:, :, 0, 0], expected[:, :, 1, 1])  # the borders differ
@@ -187,10 +189,7 @@ def test_dfa_wht_input_gradient_is_signed_hadamard_blocks_times_e(monkeypatch):
     model = tiny_cnn()
     handle = apply(model, "dfa-wht", seed=2)
     inputs = record_inputs(model, ["down", "same", "hidden", "head"])
-    x, y = batch()
-    logits = model(x)
-    logits.retain_grad()
-    F.cross_entropy(logits, y).backward()
+    e = output_error(model, *batch())
     width = 8  # the smallest power of two >= 7 classes
     for name in ("down", "hidden", "head"):
         d_in = inputs[name][0].numel()
@@ -199,7 +198,7 @@ def test_dfa_wht_input_gradient_is_signed_hadamard_blocks_times_e(monkeypatch):
         block_rows = [sylvester(width)[:, :CLASSES] * signs[b] for b in range(blocks)]
         d = torch.cat(block_rows)[:d_in] * math.sqrt(2 / d_in)  # ±std, dfa's std
         torch.testing.assert_close(handle.feedback(name), d, rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(inputs[name].grad, (logits.grad @ d.t()).view_as(inputs[name]),
+        torch.testing.assert_close(inputs[name].grad, (e @ d.t()).view_as(inputs[name]),
                                    rtol=1e-10, atol=1e-14)
     # what it holds: one sign per block and class, about d_in numbers per layer (dfa: d_in · classes)
     held = sum(-(-inputs[n][0].numel() // width) * CLASSES for n in ("down", "same", "hidden", "head"))

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fabench.rules import hadamard_flops
+from fabench.rules import hadamard_blocks, hadamard_flops, hadamard_width
 
 
 @dataclass
@@ -121,8 +121,8 @@ def _dx_flops(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, c
         taps = in_shape[1] * math.prod(module.kernel_size)
         return 2.0 * batch * classes * taps + 2.0 * batch * taps * math.prod(out_shape[2:])
     if kind == "dfa-wht":
-        width = 1 << max(0, (classes - 1).bit_length())
-        return batch * -(-d_in // width) * (classes + width * hadamard_flops(width))
+        width = hadamard_width(classes)
+        return batch * hadamard_blocks(d_in, classes) * (classes + width * hadamard_flops(width))
     if kind == "dense" and isinstance(module, nn.Conv2d):
         return 2.0 * batch * d_out * d_in
     return 2.0 * macs
@@ -136,7 +136,7 @@ def _feedback_numel(kind: str, module: nn.Module, in_shape: tuple, out_shape: tu
     if kind == "dfa-conv":
         return float(classes * in_shape[1] * math.prod(module.kernel_size))
     if kind == "dfa-wht":
-        return float(-(-d_in // (1 << max(0, (classes - 1).bit_length()))) * classes)
+        return float(hadamard_blocks(d_in, classes) * classes)
     if kind == "dense" and isinstance(module, nn.Conv2d):
         return float(d_out * d_in)
     return float(module.weight.numel())

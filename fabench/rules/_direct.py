@@ -190,8 +190,12 @@ class LayerFeedback:
         """The matrix entries' standard deviation: ``scale``, else ``init`` on the virtual weight."""
         return _virtual_std(self.virtual_weight_shape(), self.module, self.scale, self.init)
 
+    def draw(self, *, device, dtype) -> torch.Tensor:
+        """What the materialised form holds: the whole matrix, drawn tile by tile."""
+        return self.matrix().materialise(device=device, dtype=dtype)
+
     def held(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-        """The materialised matrix (drawn at first use), or None when the plan says tiled."""
+        """What :meth:`draw` gives (drawn at first use and kept), or None when the plan says tiled."""
         if self.state.form != "materialised":
             return None
         buffer = self.module._buffers.get(MATRIX_BUFFER)
@@ -201,7 +205,7 @@ class LayerFeedback:
             if free is not None and need > free:
                 raise FabenchError(f"{self.state.rule}: layer '{self.name}' needs {need / 2**20:.0f} MiB of feedback "
                                    f"matrix but {free / 2**20:.0f} MiB is free on {device}; use feedback_memory=tiled")
-            buffer = matrix.materialise(device=device, dtype=dtype)
+            buffer = self.draw(device=device, dtype=dtype)
             self.module.register_buffer(MATRIX_BUFFER, buffer, persistent=False)
         return buffer.to(device=device, dtype=dtype)
 
@@ -309,11 +313,26 @@ def hadamard(n: int, *, device, dtype) -> torch.Tensor:
     return (1 - 2 * parity).to(dtype)
 
 
+def hadamard_width(classes: int) -> int:
+    """``n``: the length of ``dfa-wht``'s transform, the smallest power of two ≥ ``classes``."""
+    return 1 << max(0, (classes - 1).bit_length())
+
+
+def hadamard_blocks(d_in: int, classes: int) -> int:
+    """How many blocks of ``n`` rows ``dfa-wht``'s ``D`` takes for ``d_in`` inputs (the last one cut)."""
+    return -(-d_in // hadamard_width(classes))
+
+
+def _hadamard_split(n: int) -> int:
+    """``a`` in ``n = a·b`` for the two-product transform: ``a = b`` or ``2a = b``."""
+    return 1 << ((n.bit_length() - 1) // 2)
+
+
 def hadamard_flops(n: int) -> float:
     """FLOPs per entry of :func:`walsh_hadamard` of length ``n``: ``2n``, or ``2(a + b)`` for ``n = a·b``."""
     if n <= DENSE_HADAMARD_MAX:
         return 2.0 * n
-    a = 1 << ((n.bit_length() - 1) // 2)
+    a = _hadamard_split(n)
     return 2.0 * (a + n // a)
 
 
@@ -330,7 +349,7 @@ def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     if n <= DENSE_HADAMARD_MAX:
         return torch.matmul(x.reshape(-1, n), hadamard(n, device=x.device, dtype=x.dtype)).view(x.shape)
-    a = 1 << ((n.bit_length() - 1) // 2)
+    a = _hadamard_split(n)
     grid = x.reshape(-1, a, n // a)
     left = hadamard(a, device=x.device, dtype=x.dtype)
     right = hadamard(n // a, device=x.device, dtype=x.dtype)
@@ -360,21 +379,25 @@ class HadamardDFA(DenseDFA):
     @property
     def width(self) -> int:
         """``n``: the transform's length, the smallest power of two ≥ the classes."""
-        return 1 << max(0, (self.state.num_classes - 1).bit_length())
+        return hadamard_width(self.state.num_classes)
 
     def matrix_shape(self):
-        return -(-math.prod(self.in_shape) // self.width), self.state.num_classes
+        return hadamard_blocks(math.prod(self.in_shape), self.state.num_classes), self.state.num_classes
 
     def product_flops(self, batch: int) -> float:
         """The sign flips, and the transform's small products per block (:func:`walsh_hadamard`)."""
         blocks, classes = self.matrix_shape()
         return batch * blocks * (classes + self.width * hadamard_flops(self.width))
 
-    def signs(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``s``: ``[blocks, classes]`` of ±1, held with the plan's form or drawn now when tiled."""
-        held = self.held(dtype, device)
-        source = held if held is not None else self.matrix().materialise(device=device, dtype=dtype)
+    def draw(self, *, device, dtype) -> torch.Tensor:
+        """``s``: ``[blocks, classes]`` of ±1, the signs of the Gaussian matrix's draw."""
+        source = self.matrix().materialise(device=device, dtype=dtype)
         return torch.where(source >= 0, 1.0, -1.0).to(dtype)
+
+    def signs(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``s``, held with the plan's form or drawn now when tiled."""
+        held = self.held(dtype, device)
+        return held if held is not None else self.draw(device=device, dtype=dtype)
 
     def project(self, error: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
         """``D e`` for ``e`` ``[batch, classes]``: ``[batch, d_in]``."""

@@ -71,7 +71,8 @@ class RunConfig:
     # forward weights (see fabench.archs.reinitialise); None: from the recipe
     weight_init: str | None = None
     weight_init_scale: float | None = None
-    # feedback rule options (see fabench.rules)
+    # feedback rule options (see fabench.rules). Their defaults repeat fabench.rules.RuleOptions'
+    # because this module stays free of torch (the CLI imports it at start-up); a test keeps them equal
     feedback_scale: float | None = None
     feedback_init: str = "auto"
     sn_norm: str = "fro"
