@@ -13,13 +13,15 @@ one after another:
 - weight gradient: ``2M`` (every rule), reading both maps, writing ∂L/∂W;
 - δx, when the layer's input needs one (not for the first layer): ``2M`` for backprop and every
   rule that sends δy back through a W-shaped B (the FA family, kp, wm), reading δy and W (or B);
-  ``2·batch·classes·d_in`` for ``dfa`` (``D_l e``), reading its matrix; ``dfa-conv``'s taps
-  ``2·batch·classes·C_in·k²`` plus the depthwise spreading ``2·batch·C_in·k²·H_out·W_out``;
-  ``dfa-wht``'s sign flips and transform, ``batch·blocks·(classes + n·f)`` with ``f`` from
-  :func:`~fabench.rules.hadamard_flops`, reading its signs; ``2·batch·d_out·d_in`` for ``dense-fa``'s dense B; every δx kernel writes the input's map;
-- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), a tiled matrix's entries, the
-  weight mirror's noise (``MIRROR_BATCH`` noise samples per layer and mirror step, whose conv and
-  correlation add a kernel of ``4·M_mirror`` FLOPs).
+  for the direct rules their product with their matrix as the layer's feedback object counts it
+  (``product_flops``, fabench.rules._direct: ``2·batch·classes·d_in`` for ``dfa``, ``dfa-conv``'s
+  taps and depthwise spreading, ``dfa-wht``'s sign flips and transform, ``2·batch·d_out·d_in``
+  for ``dense-fa``), reading that matrix (or signs) and e (or δy); every δx kernel writes the
+  input's map. Direct matrices count as materialised (held); the tiled form's redrawing is what
+  ``fabench bench feedback-memory`` measures;
+- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), the weight mirror's noise
+  (``MIRROR_BATCH`` noise samples per layer and mirror step, whose conv and correlation add a
+  kernel of ``4·M_mirror`` FLOPs).
 
 All in float32. :func:`roofline_seconds` turns a :class:`Work` into time with this machine's
 measured rates: per *kernel*, ``max(FLOPs / matmul rate, bytes / copy bandwidth)``, summed, plus
@@ -37,8 +39,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-from fabench.rules import hadamard_blocks, hadamard_flops, hadamard_width
 
 
 @dataclass
@@ -113,41 +113,17 @@ def _macs(module: nn.Module, in_shape: tuple, out_shape: tuple) -> float:
     return math.prod(out_shape) * in_shape[-1]
 
 
-def _dx_flops(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, classes: int, macs: float) -> float:
-    batch, d_in, d_out = in_shape[0], math.prod(in_shape[1:]), math.prod(out_shape[1:])
-    if kind == "dfa":
-        return 2.0 * batch * classes * d_in
-    if kind == "dfa-conv" and isinstance(module, nn.Conv2d):
-        taps = in_shape[1] * math.prod(module.kernel_size)
-        return 2.0 * batch * classes * taps + 2.0 * batch * taps * math.prod(out_shape[2:])
-    if kind == "dfa-wht":
-        width = hadamard_width(classes)
-        return batch * hadamard_blocks(d_in, classes) * (classes + width * hadamard_flops(width))
-    if kind == "dense" and isinstance(module, nn.Conv2d):
-        return 2.0 * batch * d_out * d_in
-    return 2.0 * macs
+def _dx_kernel(handle, name: str, in_shape: tuple, out_shape: tuple, classes: int, macs: float):
+    """``(FLOPs, bytes)`` of layer ``name``'s δx kernel: a direct rule's product with its matrix (or
+    signs), as its feedback object counts it, else the transposed conv / matmul with W or B."""
+    module, direct = handle.layers[name], handle.direct_feedback(name)
+    if direct is None:
+        return 2.0 * macs, 4.0 * (module.weight.numel() + math.prod(out_shape) + math.prod(in_shape))
+    source = in_shape[0] * classes if direct.state.captures_error else math.prod(out_shape)  # e, or δy
+    return direct.product_flops(in_shape[0]), 4.0 * (direct.matrix().numel + source + math.prod(in_shape))
 
 
-def _feedback_numel(kind: str, module: nn.Module, in_shape: tuple, out_shape: tuple, classes: int) -> float:
-    """Entries of the tensor the δx kernel multiplies by: W (bp), B, or a direct rule's matrix or signs."""
-    d_in, d_out = math.prod(in_shape[1:]), math.prod(out_shape[1:])
-    if kind == "dfa" or (kind == "dfa-conv" and not isinstance(module, nn.Conv2d)):
-        return float(classes * d_in)
-    if kind == "dfa-conv":
-        return float(classes * in_shape[1] * math.prod(module.kernel_size))
-    if kind == "dfa-wht":
-        return float(hadamard_blocks(d_in, classes) * classes)
-    if kind == "dense" and isinstance(module, nn.Conv2d):
-        return float(d_out * d_in)
-    return float(module.weight.numel())
-
-
-def _reads_output_error(kind: str) -> bool:
-    """Whether a rule's δx kernel starts from δy (the map) rather than from the output error e."""
-    return kind not in ("dfa", "dfa-conv", "dfa-wht")
-
-
-def step_work(model: nn.Module, handle, x: torch.Tensor, *, tiled: bool = False) -> Work:
+def step_work(model: nn.Module, handle, x: torch.Tensor) -> Work:
     """The work of one training step of ``model`` under ``handle``'s rule on batch ``x``."""
     from fabench.rules import MIRROR_BATCH, MIRROR_POSITIONS
 
@@ -160,11 +136,7 @@ def step_work(model: nn.Module, handle, x: torch.Tensor, *, tiled: bool = False)
         maps = 4.0 * (math.prod(in_shape) + math.prod(out_shape) + module.weight.numel())
         layer = LayerWork(name, kernels=[(2.0 * macs, maps), (2.0 * macs, maps)])  # forward, weight gradient
         if needs_dx:
-            feedback = _feedback_numel(kind, module, in_shape, out_shape, classes)
-            source = math.prod(out_shape) if _reads_output_error(kind) else in_shape[0] * classes
-            layer.kernels.append((_dx_flops(kind, module, in_shape, out_shape, classes, macs),
-                                  4.0 * (feedback + source + math.prod(in_shape))))
-            layer.draws += feedback if (tiled and kind in ("dfa", "dfa-wht", "dense")) else 0.0
+            layer.kernels.append(_dx_kernel(handle, name, in_shape, out_shape, classes, macs))
             layer.draws += module.weight.numel() if kind == "brsf" else 0.0
         if kind == "wm":
             mirror_macs = MIRROR_BATCH * MIRROR_POSITIONS**2 * module.weight.numel() if isinstance(

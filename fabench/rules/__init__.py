@@ -9,7 +9,6 @@ See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table
 """
 
 from fabench.rules._apply import apply, covered_layers
-from fabench.rules._direct import hadamard_blocks, hadamard_flops, hadamard_width
 from fabench.rules._handle import FeedbackHandle
 from fabench.rules._learned import MIRROR_BATCH, MIRROR_POSITIONS
 from fabench.rules._options import RuleOptions
@@ -23,9 +22,6 @@ __all__ = [
     "RuleSpec",
     "apply",
     "covered_layers",
-    "hadamard_blocks",
-    "hadamard_flops",
-    "hadamard_width",
     "list_modifiers",
     "list_rules",
     "parse_feedback_memory",

@@ -453,7 +453,7 @@ class DirectHandle(FeedbackHandle):
 
     def feedback(self, name: str) -> torch.Tensor:
         """Layer ``name``'s fixed matrix, drawn whole (dfa ``[d_in, classes]``, dense-fa ``[d_out, d_in]``)."""
-        direct = self.layers[name].__dict__.get(DIRECT_ATTR)
+        direct = self.direct_feedback(name)
         if direct is None:
             return super().feedback(name)
         weight = self.layers[name].weight

@@ -89,11 +89,16 @@ class FeedbackHandle:
         """Layer ``name``'s feedback kind (``bp``, ``fixed``, ``usf``, ..., ``dfa``; fabench.rules._feedback)."""
         return self.layers[name]._fabench_rule.kind
 
+    def direct_feedback(self, name: str):
+        """Layer ``name``'s direct-feedback object (dfa, dfa-conv, dfa-wht, dense-fa's convs; see
+        fabench.rules._direct: its matrix, its product's FLOPs), or None where δx goes through B."""
+        return self.layers[name].__dict__.get(_layers.DIRECT_ATTR)
+
     def shares_weight_shape(self, name: str) -> bool:
         """True if :meth:`feedback` of layer ``name`` is a tensor of W's shape, comparable with W
         entry by entry: not a direct-feedback matrix, not a layer whose forward transforms W."""
         module = self.layers[name]
-        return not module._fabench_rule.intercept and _layers.DIRECT_ATTR not in module.__dict__
+        return not module._fabench_rule.intercept and self.direct_feedback(name) is None
 
     def rule_buffers(self) -> dict[str, torch.Tensor]:
         """Every buffer the rule added, by its full name in the model (``features.0.feedback_weight``)."""
