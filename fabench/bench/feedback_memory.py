@@ -208,13 +208,13 @@ def run_feedback_memory_benchmark(cases, rules, *, steps: int = 2, batch_size: i
                                   max_step_seconds: float = 120.0, seed: int = 0, on_row=None) -> list[FormFigures]:
     """Measure every (case, rule, form) that can run; return one row per combination."""
     from fabench.errors import FabenchError, unknown_choice
-    from fabench.rules import parse_rule
+    from fabench.rules import DIRECT_KINDS, parse_rule
 
     for name in cases:
         if name not in CASES:
             raise unknown_choice("feedback-memory case", name, CASES)
     for rule in rules:
-        if parse_rule(rule).base.kind not in ("dfa", "dfa-conv", "dfa-wht", "dense"):
+        if parse_rule(rule).base.kind not in DIRECT_KINDS:
             raise FabenchError(f"bench feedback-memory measures dfa, dfa-conv, dfa-wht and dense-fa, got '{rule}'")
     dev = torch.device(device)
     rates = measure_rates(dev)

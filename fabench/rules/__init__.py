@@ -9,6 +9,7 @@ See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table
 """
 
 from fabench.rules._apply import apply, covered_layers
+from fabench.rules._direct import DIRECT_KINDS
 from fabench.rules._handle import FeedbackHandle
 from fabench.rules._learned import MIRROR_BATCH, MIRROR_POSITIONS
 from fabench.rules._options import RuleOptions
@@ -16,7 +17,7 @@ from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule
 from fabench.rules._tiles import MEMORY_FORMS, parse_feedback_memory, parse_size
 
 __all__ = [
-    "MEMORY_FORMS", "MIRROR_BATCH", "MIRROR_POSITIONS",
+    "DIRECT_KINDS", "MEMORY_FORMS", "MIRROR_BATCH", "MIRROR_POSITIONS",
     "FeedbackHandle",
     "RuleOptions",
     "RuleSpec",

@@ -9,6 +9,7 @@ from torch import nn
 
 from fabench.errors import FabenchError
 from fabench.rules import _attention, _direct, _init, _layers
+from fabench.rules._feedback import HELD_KINDS
 from fabench.rules._handle import FeedbackHandle
 from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec, parse_rule
@@ -43,7 +44,7 @@ def _register_buffers(module: nn.Module, name: str, spec: RuleSpec, kind: str, o
     std = _std(weight, kind, options)
     # fa-usf-init's magnitudes, dense-fa's Linear feedback and kp's and wm's starting B are fa's own draws
     purpose = "fa" if spec.base.name in ("fa-usf-init", "dense-fa", "kp", "wm") else spec.base.name
-    if kind in ("fixed", "kp", "wm"):
+    if kind in HELD_KINDS:
         module.register_buffer("feedback_weight", _init.draw_normal(weight, std, seed, name, purpose))
         if kind == "wm":
             module.register_buffer(_layers.MIRROR_STEP_BUFFER, torch.zeros((), dtype=torch.int64, device=weight.device))

@@ -58,6 +58,7 @@ from fabench.rules import _dfa, _init, _tiles
 from fabench.rules._functions import RuleConv2d, RuleLinear
 from fabench.rules._handle import FeedbackHandle
 from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
+from fabench.rules._spec import FAMILIES
 from fabench.rules._tiles import MemoryPolicy, RandomMatrix
 
 #: Rule kinds served here; a Linear layer may map to another kind (see :func:`layer_kind`).
@@ -495,7 +496,7 @@ def attach(model: nn.Module, handle_args: dict, kind: str, policy: MemoryPolicy,
     """Give each covered layer its feedback object and the root model its hooks; plan if we can."""
     options = handle_args["options"]
     state = DirectState(handle_args["spec"].base.name, type(model).__name__, policy,
-                        captures_error=kind in ("dfa", "dfa-conv", "dfa-wht"))
+                        captures_error=FAMILIES[kind] == "direct")
     for name, module in handle_args["layers"].items():
         cls = _FEEDBACK_CLASSES.get(layer_kind(kind, module))
         if cls is None:  # dense-fa's Linear layers: plain fa through RuleLinear

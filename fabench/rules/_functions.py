@@ -56,10 +56,6 @@ def autocast_linear(x, weight, bias):
         return F.linear(xc, wc, bc), xc
 
 
-def _same_dtype(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
-    return grad if grad is None or like is None else grad.to(like.dtype)
-
-
 def conv_gradients(grad_out, xc, weight, dx_weight, geometry, needs, has_bias):
     """``(∂L/∂x, ∂L/∂W, ∂L/∂b)`` of a conv, the weight and bias gradients as backprop computes them.
 

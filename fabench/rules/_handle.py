@@ -55,15 +55,13 @@ class FeedbackHandle:
         o = self.options
         if self.spec.base.kind == "wm":
             default = max(steps_per_epoch, math.ceil(3 / o.mirror_lr))
-            for _ in range(default if o.mirror_warmup is None else o.mirror_warmup):
-                _learned.mirror_step(self.layers, self.seed, o.mirror_lr, o.mirror_decay)
+            _learned.mirror(self.layers, self.seed, o, default if o.mirror_warmup is None else o.mirror_warmup)
 
     def end_epoch(self) -> None:
         """Called by training loops after each epoch: the weight mirror's per-epoch phase, if chosen."""
         o = self.options
         if self.spec.base.kind == "wm" and o.mirror_every == "epoch":
-            for _ in range(o.mirror_steps):
-                _learned.mirror_step(self.layers, self.seed, o.mirror_lr, o.mirror_decay)
+            _learned.mirror(self.layers, self.seed, o, o.mirror_steps)
 
     def feedback(self, name: str) -> torch.Tensor:
         """The B that backward would use for layer ``name`` now (W itself under bp).

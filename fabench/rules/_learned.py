@@ -29,13 +29,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fabench.rules._layers import MIRROR_STEP_BUFFER
-
-FEEDBACK = "feedback_weight"
+from fabench.rules._init import layer_generator
+from fabench.rules._layers import KIND_BUFFER, MIRROR_STEP_BUFFER
+from fabench.rules._modifiers import weights_in
 
 
 def _feedback_of(module: nn.Module) -> torch.Tensor:
-    return module._buffers[FEEDBACK]
+    return module._buffers[KIND_BUFFER["kp"]]
 
 
 def attach_kolen_pollack(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module]) -> list:
@@ -88,17 +88,6 @@ class _GroupRemoval:
 MIRROR_BATCH = 64
 MIRROR_POSITIONS = 4  # a 4x4 map of valid output positions: 16 per sample
 MIRROR_EVERY = ("step", "epoch")
-#: Buffer counting a layer's mirror steps (seeds each step's noise; saved in checkpoints).
-STEP_BUFFER = MIRROR_STEP_BUFFER
-
-
-def _noise_generator(seed: int, name: str, step: int, device: torch.device) -> torch.Generator:
-    """The noise of mirror step ``step`` of layer ``name``: its own stream, never training's."""
-    from fabench.rules._init import layer_generator
-
-    cpu = layer_generator(seed, name, f"wm/{step}")
-    return cpu if device.type == "cpu" else torch.Generator(device=device).manual_seed(cpu.initial_seed())
-
 
 def mirror_correlation(module: nn.Module, generator: torch.Generator) -> torch.Tensor:
     """One noisy estimate of W from the layer's own response to zero-mean unit noise ξ.
@@ -131,13 +120,24 @@ def mirror_step(layers: dict[str, nn.Module], seed: int, lr: float, decay: float
     decay lets B grow to ``W / decay``. Only B and the step counter change: not W, not any
     BatchNorm statistic, not the training random streams (the noise has its own generator).
     """
-    for name, module in layers.items():
-        counter = module._buffers[STEP_BUFFER]
-        generator = _noise_generator(seed, name, int(counter), module.weight.device)
+    if not layers:
+        return
+    # each layer's counter seeds its noise (its own stream, never training's); read all at once,
+    # so that a step costs one device-to-host copy, not one per layer
+    counters = [module._buffers[MIRROR_STEP_BUFFER] for module in layers.values()]
+    steps = torch.stack([c.to(counters[0].device) for c in counters]).tolist()
+    for (name, module), counter, step in zip(layers.items(), counters, steps, strict=True):
+        generator = layer_generator(seed, name, f"wm/{step}", module.weight.device)
         estimate = mirror_correlation(module, generator)
         feedback = _feedback_of(module)
         feedback.mul_(1.0 - lr * decay).add_(estimate.to(feedback.dtype), alpha=lr)
         counter.add_(1)
+
+
+def mirror(layers: dict[str, nn.Module], seed: int, options, times: int) -> None:
+    """``times`` mirror steps on ``layers`` with the weight mirror's ``options`` (lr, decay)."""
+    for _ in range(times):
+        mirror_step(layers, seed, options.mirror_lr, options.mirror_decay)
 
 
 def attach_weight_mirror(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module], seed: int,
@@ -147,13 +147,11 @@ def attach_weight_mirror(optimizer: torch.optim.Optimizer, layers: dict[str, nn.
     With ``mirror_every`` = epoch the engine cannot see epochs; the training loop calls
     :func:`mirror_step` itself through the handle (:meth:`FeedbackHandle.end_epoch`).
     """
-    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    targets = {n: m for n, m in layers.items() if id(m.weight) in owned}
     if options.mirror_every != "step":
         return []
+    targets = weights_in(optimizer, layers)
 
     def after_step(*_) -> None:
-        for _ in range(options.mirror_steps):
-            mirror_step(targets, seed, options.mirror_lr, options.mirror_decay)
+        mirror(targets, seed, options, options.mirror_steps)
 
     return [optimizer.register_step_post_hook(after_step)]

@@ -19,10 +19,10 @@ EI_MODES = ("zero", "keep-sign")
 KEEP_SIGN_EPS = 1e-8
 
 
-def _weights_in(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module]) -> list[nn.Module]:
-    """The covered layers whose weight this optimizer updates."""
+def weights_in(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The covered layers whose weight this optimizer updates, by name."""
     owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    return [m for m in layers.values() if id(m.weight) in owned]
+    return {n: m for n, m in layers.items() if id(m.weight) in owned}
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def restore_norms(layers: list[nn.Module]) -> None:
 
 def attach(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module], modifiers: tuple[str, ...], ei_mode: str) -> list:
     """Register the step hooks the modifiers need; return their removable handles."""
-    targets = _weights_in(optimizer, layers)
+    targets = list(weights_in(optimizer, layers).values())
     hooks = []
     if "bm" in modifiers:
         hooks.append(optimizer.register_step_pre_hook(lambda *_: sign_gradients(targets)))

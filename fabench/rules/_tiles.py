@@ -82,10 +82,7 @@ class RandomMatrix:
 
     def _generator(self, tile: int, device: torch.device) -> torch.Generator:
         """Tile ``tile``'s generator: seeded from (seed, layer, purpose, tile), on ``device``."""
-        cpu = layer_generator(self.seed, self.name, f"{self.purpose}/tile{tile}")
-        if device.type == "cpu":
-            return cpu
-        return torch.Generator(device=device).manual_seed(cpu.initial_seed())
+        return layer_generator(self.seed, self.name, f"{self.purpose}/tile{tile}", device)
 
     def draw_tile_into(self, tile: int, out: torch.Tensor) -> torch.Tensor:
         """Fill float32 ``out`` (shaped like the tile, contiguous) with tile ``tile``; return it."""

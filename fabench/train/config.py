@@ -134,6 +134,13 @@ class RunConfig:
         parse_feedback_memory(self.feedback_memory)
         return self
 
+    def rule_options(self) -> dict:
+        """The feedback rule's options under :func:`fabench.rules.apply`'s names (its RuleOptions)."""
+        return {"scale": self.feedback_scale, "init": self.feedback_init, "sn_norm": self.sn_norm,
+                "ei_mode": self.ei_mode, "mirror_lr": self.mirror_lr, "mirror_decay": self.mirror_decay,
+                "mirror_steps": self.mirror_steps, "mirror_every": self.mirror_every,
+                "mirror_warmup": self.mirror_warmup}
+
     def resolved(self) -> RunConfig:
         """This config with every recipe field filled (see :mod:`fabench.train.recipes`)."""
         from fabench.train.recipes import resolve

@@ -35,23 +35,18 @@ def check_config(config: RunConfig) -> RunConfig:
     The one preflight of a run's settings: ``fabench run``, the grid's cells and ``fabench
     validate`` all call it. Returns the resolved config.
     """
-    from fabench.archs import check_arch, check_arch_options
+    from fabench.archs import check_arch_options
     from fabench.data import check_dataset
     from fabench.rules import RuleOptions, parse_rule
     from fabench.train.schedule import parse_diagnostics
 
     config.validate()
-    parse_rule(config.rule)
-    config = config.resolved().validate()
+    config = config.resolved().validate()  # resolving parses the rule: a bad one is refused here
     parse_diagnostics(config.diagnostics)
     check_optimization(config)
-    check_arch(config.arch)
-    check_arch_options(config.arch, config.arch_options)
+    check_arch_options(config.arch, config.arch_options)  # checks the arch itself first
     check_dataset(config.dataset)
-    options = RuleOptions(config.feedback_scale, config.feedback_init, config.sn_norm, config.ei_mode,
-                          config.mirror_lr, config.mirror_decay, config.mirror_steps, config.mirror_every,
-                          config.mirror_warmup)
-    options.validate().check_used_by(parse_rule(config.rule))
+    RuleOptions(**config.rule_options()).validate().check_used_by(parse_rule(config.rule))
     return config
 
 
@@ -107,11 +102,7 @@ def build_model(config: RunConfig, dataset, device: torch.device):
                                  image_size=dataset.image_size, **config.arch_options)
     reinitialise(covered_layers(model, tuple(config.exclude)).values(), config.weight_init, config.weight_init_scale)
     side = dataset.image_size or getattr(dataset, "native_size", None)
-    handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude),
-                   scale=config.feedback_scale, init=config.feedback_init,
-                   sn_norm=config.sn_norm, ei_mode=config.ei_mode, mirror_lr=config.mirror_lr,
-                   mirror_decay=config.mirror_decay, mirror_steps=config.mirror_steps,
-                   mirror_every=config.mirror_every, mirror_warmup=config.mirror_warmup,
+    handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude), **config.rule_options(),
                    feedback_memory=config.feedback_memory,
                    input_shape=(dataset.in_chans, side, side) if side else None)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
