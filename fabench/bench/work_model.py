@@ -19,9 +19,9 @@ one after another:
   for ``dense-fa``), reading that matrix (or signs) and e (or δy); every δx kernel writes the
   input's map. Direct matrices count as materialised (held); the tiled form's redrawing is what
   ``fabench bench feedback-memory`` measures;
-- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), the weight mirror's noise
-  (``MIRROR_BATCH`` noise samples per layer and mirror step, whose conv and correlation add a
-  kernel of ``4·M_mirror`` FLOPs).
+- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), the weight mirror's noise ξ
+  per layer and mirror step, whose response and correlation add a kernel
+  (:func:`fabench.rules.mirror_work`, from the mirror's own noise shape).
 
 All in float32. :func:`roofline_seconds` turns a :class:`Work` into time with this machine's
 measured rates: per *kernel*, ``max(FLOPs / matmul rate, bytes / copy bandwidth)``, summed, plus
@@ -125,7 +125,7 @@ def _dx_kernel(handle, name: str, in_shape: tuple, out_shape: tuple, classes: in
 
 def step_work(model: nn.Module, handle, x: torch.Tensor) -> Work:
     """The work of one training step of ``model`` under ``handle``'s rule on batch ``x``."""
-    from fabench.rules import MIRROR_BATCH, MIRROR_POSITIONS
+    from fabench.rules import mirror_work, steps_per_training_step
 
     shapes = _shapes(model, handle, x)
     classes = model(x[:1]).shape[-1]
@@ -139,11 +139,10 @@ def step_work(model: nn.Module, handle, x: torch.Tensor) -> Work:
             layer.kernels.append(_dx_kernel(handle, name, in_shape, out_shape, classes, macs))
             layer.draws += module.weight.numel() if kind == "brsf" else 0.0
         if kind == "wm":
-            mirror_macs = MIRROR_BATCH * MIRROR_POSITIONS**2 * module.weight.numel() if isinstance(
-                module, nn.Conv2d) else MIRROR_BATCH * module.weight.numel()
-            steps = handle.options.mirror_steps if handle.options.mirror_every == "step" else 0
-            layer.kernels.append((steps * 4.0 * mirror_macs, 4.0 * 2 * steps * module.weight.numel()))
-            layer.draws += steps * mirror_macs / module.weight[0].numel()
+            flops, noise = mirror_work(module)
+            steps = steps_per_training_step(handle.options)
+            layer.kernels.append((steps * flops, 4.0 * 2 * steps * module.weight.numel()))
+            layer.draws += steps * noise
         work.layers.append(layer)
     return work
 

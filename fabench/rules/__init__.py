@@ -11,13 +11,13 @@ See :func:`apply` for the options, :mod:`fabench.rules._spec` for the rule table
 from fabench.rules._apply import apply, covered_layers
 from fabench.rules._direct import DIRECT_KINDS
 from fabench.rules._handle import FeedbackHandle
-from fabench.rules._learned import MIRROR_BATCH, MIRROR_POSITIONS
+from fabench.rules._learned import mirror_work, steps_per_training_step
 from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule, rule_family
 from fabench.rules._tiles import MEMORY_FORMS, parse_feedback_memory, parse_size
 
 __all__ = [
-    "DIRECT_KINDS", "MEMORY_FORMS", "MIRROR_BATCH", "MIRROR_POSITIONS",
+    "DIRECT_KINDS", "MEMORY_FORMS",
     "FeedbackHandle",
     "RuleOptions",
     "RuleSpec",
@@ -25,8 +25,10 @@ __all__ = [
     "covered_layers",
     "list_modifiers",
     "list_rules",
+    "mirror_work",
     "parse_feedback_memory",
     "parse_rule",
     "parse_size",
     "rule_family",
+    "steps_per_training_step",
 ]

@@ -26,6 +26,8 @@ Akrout et al. train with SGD and momentum; the tests check the SGD identities.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -89,6 +91,28 @@ MIRROR_BATCH = 64
 MIRROR_POSITIONS = 4  # a 4x4 map of valid output positions: 16 per sample
 MIRROR_EVERY = ("step", "epoch")
 
+def mirror_noise_shape(module: nn.Module) -> tuple[int, ...]:
+    """The shape of the noise ξ one mirror step sends into ``module`` (see :func:`mirror_correlation`)."""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        return MIRROR_BATCH, weight.shape[1]
+    side = [d * (k - 1) + 1 + s * (MIRROR_POSITIONS - 1)
+            for k, s, d in zip(weight.shape[2:], module.stride, module.dilation, strict=True)]
+    return MIRROR_BATCH, weight.shape[1] * module.groups, *side
+
+
+def mirror_work(module: nn.Module) -> tuple[float, float]:
+    """``(FLOPs, random numbers)`` of one mirror step on ``module``: the response to the noise and
+    the correlation with it (``2·n·|W|`` each over ``n`` (sample, position) pairs), and ξ itself."""
+    pairs = MIRROR_BATCH * (1 if isinstance(module, nn.Linear) else MIRROR_POSITIONS**2)
+    return 4.0 * pairs * module.weight.numel(), float(math.prod(mirror_noise_shape(module)))
+
+
+def steps_per_training_step(options) -> int:
+    """Mirror steps the optimizer's post-step hook runs after each training step (0 when per epoch)."""
+    return options.mirror_steps if options.mirror_every == "step" else 0
+
+
 def mirror_correlation(module: nn.Module, generator: torch.Generator) -> torch.Tensor:
     """One noisy estimate of W from the layer's own response to zero-mean unit noise ξ.
 
@@ -99,14 +123,10 @@ def mirror_correlation(module: nn.Module, generator: torch.Generator) -> torch.T
     Bias and nonlinearity are left out: the mirror measures the linear map W itself.
     """
     weight = module.weight.detach()
+    xi = torch.randn(mirror_noise_shape(module), generator=generator, device=weight.device, dtype=weight.dtype)
     if isinstance(module, nn.Linear):
-        xi = torch.randn((MIRROR_BATCH, weight.shape[1]), generator=generator, device=weight.device, dtype=weight.dtype)
         return (xi @ weight.t()).t() @ xi / MIRROR_BATCH
     stride, dilation, groups = module.stride, module.dilation, module.groups
-    side = [d * (k - 1) + 1 + s * (MIRROR_POSITIONS - 1)
-            for k, s, d in zip(weight.shape[2:], stride, dilation, strict=True)]
-    xi = torch.randn((MIRROR_BATCH, weight.shape[1] * groups, *side), generator=generator, device=weight.device,
-                     dtype=weight.dtype)
     y = torch.nn.functional.conv2d(xi, weight, None, stride, 0, dilation, groups)
     correlation = torch.nn.grad.conv2d_weight(xi, weight.shape, y, stride, 0, dilation, groups)
     return correlation / (MIRROR_BATCH * MIRROR_POSITIONS**2)
@@ -147,11 +167,12 @@ def attach_weight_mirror(optimizer: torch.optim.Optimizer, layers: dict[str, nn.
     With ``mirror_every`` = epoch the engine cannot see epochs; the training loop calls
     :func:`mirror_step` itself through the handle (:meth:`FeedbackHandle.end_epoch`).
     """
-    if options.mirror_every != "step":
+    steps = steps_per_training_step(options)
+    if not steps:
         return []
     targets = weights_in(optimizer, layers)
 
     def after_step(*_) -> None:
-        mirror(targets, seed, options, options.mirror_steps)
+        mirror(targets, seed, options, steps)
 
     return [optimizer.register_step_post_hook(after_step)]
