@@ -121,14 +121,14 @@ def _seed_generators(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def undisturbed(model: nn.Module, device: torch.device, handle=None) -> Iterator[None]:
+def undisturbed(model: nn.Module, device: torch.device, handle) -> Iterator[None]:
     """Training mode and fresh random streams inside; modes, buffers and RNG as before after.
 
     The rule's own buffers (``handle.owns_buffer``) are not copied: no forward changes them.
     """
     modes = [(module, module.training) for module in model.modules()]
     saved = {name: b.detach().clone() for name, b in model.named_buffers()
-             if handle is None or not handle.owns_buffer(name)}
+             if not handle.owns_buffer(name)}
     try:
         with torch.random.fork_rng(devices=_cuda_devices(device)), torch.enable_grad(), \
                 torch.autocast(device.type, enabled=False):

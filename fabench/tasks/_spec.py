@@ -412,13 +412,6 @@ def build_task(raw: RawTask, *, fragment: bool = False) -> tuple[Task | None, li
     return (None if checker.problems else task), checker.problems
 
 
-def _cell_checks(config: RunConfig) -> None:
-    """Everything fabench.train checks about a config before it builds anything (no data, no model)."""
-    from fabench.train.session import check_config
-
-    check_config(config)
-
-
 def _setting_location(task: Task, raw: RawTask, cell: Cell, name: str | None) -> Location:
     """Where the cell's value of setting ``name`` was written: the last matching ``when``
     entry that sets it, else its variant, else ``overrides``, else the ``task`` line."""
@@ -437,6 +430,8 @@ def _setting_location(task: Task, raw: RawTask, cell: Cell, name: str | None) ->
 def _check_cells(task: Task, raw: RawTask, checker: _Checker) -> None:
     """Expand the grid: every cell must pass train's checks, every ``when`` must match a cell,
     and no two cells may be the same run."""
+    from fabench.train.session import check_config
+
     try:
         cells = task.cells()
     except FabenchError as err:
@@ -449,7 +444,7 @@ def _check_cells(task: Task, raw: RawTask, checker: _Checker) -> None:
     owners: dict[str, str] = {}
     for cell in cells:
         try:
-            _cell_checks(cell.config)
+            check_config(cell.config)  # everything fabench.train checks before building anything
         except FabenchError as err:
             if str(err) not in reported:
                 reported.add(str(err))

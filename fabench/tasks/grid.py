@@ -84,14 +84,12 @@ def parse_gpus(text: str | None) -> tuple[str, ...]:
 
 def check_placement(device: str, gpu_ids: tuple[str, ...]) -> None:
     """Refuse, before any cell runs, a device or GPU list this machine does not have."""
-    from fabench.train.device import resolve_device
+    from fabench.train.device import cuda_device_count, resolve_device
 
     if not gpu_ids:
         resolve_device(device)
     else:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = cuda_device_count()
         missing = [i for i in gpu_ids if not i.isdigit() or int(i) >= count]
         if missing:
             have = f"cuda 0..{count - 1}" if count else "no CUDA device"

@@ -21,6 +21,11 @@ from fabench.errors import FabenchError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cuda_device_count() -> int:
+    """How many CUDA devices this process can use (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(name: str) -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:N`` into a device that exists here, or raise FabenchError."""
     if name == "auto":
@@ -33,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
         return device
     if device.type != "cuda":
         raise FabenchError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     if count == 0:
         raise FabenchError(f"--device {name}: no CUDA device is available here; use --device cpu")
     if device.index is not None and device.index >= count:

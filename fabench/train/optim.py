@@ -30,8 +30,6 @@ def check_optimization(config: RunConfig) -> None:
         raise FabenchError(f"--nesterov applies to --optimizer sgd only, got --optimizer {config.optimizer}", setting="nesterov")
     if config.nesterov and config.momentum <= 0:
         raise FabenchError("--nesterov needs a positive --momentum", setting="nesterov")
-    if config.optimizer == "sgd" and config.momentum < 0:
-        raise FabenchError(f"--momentum must be non-negative, got {config.momentum}", setting="momentum")
     if config.schedule == "multistep" and not config.milestones:
         raise FabenchError("--schedule multistep needs --milestones, e.g. --milestones 30,60", setting="schedule")
     if config.milestones and config.schedule != "multistep":

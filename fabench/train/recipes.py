@@ -69,27 +69,28 @@ class Recipe:
         return {**self.settings, **self.by_family.get(family, {})}
 
 
-_SMALL_INIT = {"weight_init_scale": 0.1}
+#: Random feedback, DFA and learned feedback start from forward weights at 0.1x their init (README, recipes).
+_SMALL_FORWARD = {family: {"weight_init_scale": 0.1} for family in ("random", "direct", "learned")}
 
 RECIPES = (
     Recipe(
         "small-cnn", ("arch1", "lenet", "lenet-biotorch", "mlp"),
         {"optimizer": "adam", "lr": 1e-3},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
+        _SMALL_FORWARD,
         "Adam 1e-3 as Lance & Kieu 2026 train arch1; random feedback and DFA start from 0.1x "
         "forward weights (tasks/fa-stability.yaml)",
     ),
     Recipe(
         "alexnet", ("alexnet",),
         {"optimizer": "adam", "lr": 1e-3, "weight_init": "xavier-uniform"},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
+        _SMALL_FORWARD,
         "as small-cnn, from Xavier-uniform forward weights (BioTorch's init): from its own Kaiming init the "
         "BN-free AlexNet starts at 1.6x ln(10) and Adam blows it up further (README, recipes)",
     ),
     Recipe(
         "cifar-resnet", ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
         {"optimizer": "adam", "lr": 1e-3},
-        {"random": _SMALL_INIT, "direct": _SMALL_INIT, "learned": _SMALL_INIT},
+        _SMALL_FORWARD,
         "Adam 1e-3 as BioTorch's Adam configs; random feedback and DFA as small-cnn "
         "(tasks/fa-stability.yaml)",
     ),
@@ -137,15 +138,10 @@ def recipe_for(arch: str, choice: str = "auto") -> Recipe | None:
     return next((r for r in RECIPES if r.matches(arch)), None)
 
 
-def rule_family(rule: str) -> str:
-    """The family of a rule spec such as ``fa-usf-sn+const`` (see :mod:`fabench.rules`)."""
-    from fabench.rules import rule_family as family_of
-
-    return family_of(rule)
-
-
 def resolve(config) -> Resolution:
     """``config`` with every recipe field filled (see the module docstring)."""
+    from fabench.rules import rule_family
+
     family = rule_family(config.rule)
     recipe = recipe_for(config.arch, config.recipe)
     offered = recipe.for_family(family) if recipe else {}

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 from fabench.errors import FabenchError
 
-MODES = ("off", "epoch")
-
 
 @dataclass(frozen=True)
 class DiagnosticsSchedule:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from fabench.errors import FabenchError
+from fabench.train.device import cuda_device_count
 
 #: Minutes ranks wait for each other to start, and for any one collective (``FABENCH_DIST_TIMEOUT_MIN``).
 DEFAULT_TIMEOUT_MIN = 30
@@ -88,7 +89,7 @@ def rank_device(device: str, launch: Launch) -> torch.device:
                            "use --device cuda (rank r takes cuda:LOCAL_RANK) or limit CUDA_VISIBLE_DEVICES")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     if count == 0:
         raise FabenchError(f"--device {device}: no CUDA device is available to rank {launch.rank}; use --device cpu")
     if count == 1:
