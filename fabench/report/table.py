@@ -17,6 +17,7 @@ decides only whether errors or accuracies are shown.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import io
 from collections.abc import Sequence
@@ -267,13 +268,6 @@ def _metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def _selection_metric(selection: str, as_error: bool) -> Metric:
-    """The metric that reads a published selection rule's measured twin, as error or accuracy."""
-    words = {"final": "final-epoch", "best-test": "best-test-epoch", "test-at-best-val": "best-validation-epoch"}
-    kind = "error" if as_error else "accuracy"
-    return Metric(SELECTION_COLUMNS[selection], f"{words[selection]} test top-1 {kind} (%)", error=as_error)
-
-
 def build_comparison(frame, *, metric_name: str) -> list[Block]:
     """One block per dataset: measured vs published, with difference, for every matched group.
 
@@ -296,13 +290,13 @@ def build_comparison(frame, *, metric_name: str) -> list[Block]:
     for dataset, part in frame.groupby("dataset", sort=False):
         block = Block(f"dataset={dataset}", [*shown, "selection", "measured", "n", "published", "Δ", "source"], [])
         used: set[str] = set()
-        groups = dict(part.groupby(shown, dropna=False, sort=False).__iter__())
-        for values in _natural_order(_as_tuple(key) for key in groups):
-            sub = groups[values if len(shown) > 1 else values[0]]
+        groups = {_as_tuple(key): sub for key, sub in part.groupby(shown, dropna=False, sort=False)}
+        for values in _natural_order(groups):
+            sub = groups[values]
             named = {"dataset": dataset, **dict(zip(shown, values, strict=True))}
             match, why = match_published(published, dataset, named["arch"], named["rule"], named["optimizer"])
             selection = match.selection if match else next(k for k, v in SELECTION_COLUMNS.items() if v == metric.column)
-            measure = _selection_metric(selection, metric.error)
+            measure = dataclasses.replace(metric, column=SELECTION_COLUMNS[selection])  # the selection's twin
             stats = _cell_stats(sub, measure)
             pub_value = None if match is None else (match.value if metric.error else 100.0 - match.value)
             delta = stats["mean"] - pub_value if (pub_value is not None and stats["n"]) else None
