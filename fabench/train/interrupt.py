@@ -39,9 +39,10 @@ class StopFlag:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    """A StopFlag raised by SIGINT/SIGTERM for the duration of the block."""
-    flag = StopFlag()
+def stop_on_signals(flag: StopFlag | None = None) -> Iterator[StopFlag]:
+    """``flag`` (a new StopFlag by default) raised by SIGINT/SIGTERM for the duration of the block;
+    outside the main thread, where no handler can be installed, the flag is handed out as is."""
+    flag = StopFlag() if flag is None else flag
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return

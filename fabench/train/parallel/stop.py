@@ -9,11 +9,11 @@ mid-step (torchrun's own escalation to SIGKILL does).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
+from fabench.train import interrupt
 from fabench.train.interrupt import StopFlag
 
 #: Steps between the ranks' comparisons of their stop flags (one small all-reduce each).
@@ -51,17 +51,6 @@ class SyncedStop(StopFlag):
         return self.agreed
 
 
-@contextlib.contextmanager
-def stop_on_signals(device: torch.device) -> Iterator[StopFlag]:
-    """Like :func:`fabench.train.interrupt.stop_on_signals`, with a flag the ranks agree on."""
-    import signal
-    import threading
-
-    flag = SyncedStop(device)
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, flag._handle) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def stop_on_signals(device: torch.device) -> contextlib.AbstractContextManager[StopFlag]:
+    """:func:`fabench.train.interrupt.stop_on_signals` with a flag the ranks agree on."""
+    return interrupt.stop_on_signals(SyncedStop(device))
