@@ -113,6 +113,15 @@ def recorded_status(results_dir: Path) -> dict[str, str]:
     return {row["run_id"]: row["status"] for row in runs.rows}
 
 
+def cells_to_run(cells: list[Cell], results_dir: Path, force: bool) -> list[Cell]:
+    """The cells not yet done in ``results_dir`` (all of them with ``force``), after checking the folder."""
+    from fabench.train.runs_csv import check_results_dir
+
+    check_results_dir(results_dir)
+    statuses = recorded_status(results_dir)
+    return [c for c in cells if force or statuses.get(c.run_id) not in DONE_STATUSES]
+
+
 def cell_state(cell: Cell, statuses: dict[str, str], force: bool) -> str:
     """``done``, ``resume`` (a checkpoint exists), ``retry (<last status>)`` or ``todo``."""
     status = statuses.get(cell.run_id)
@@ -156,12 +165,9 @@ def _sequential(cells: list[Cell], force: bool, display) -> tuple[list[CellOutco
 def run_grid(task: Task, cells: list[Cell], results_dir: Path, options: GridOptions) -> GridSummary:
     """Run the selected cells (skipping finished ones unless ``force``); return what happened."""
     from fabench.tasks._display import make_display
-    from fabench.train.runs_csv import check_results_dir
 
     results_dir = Path(results_dir)
-    check_results_dir(results_dir)
-    statuses = recorded_status(results_dir)
-    todo = [c for c in cells if options.force or statuses.get(c.run_id) not in DONE_STATUSES]
+    todo = cells_to_run(cells, results_dir, options.force)
     summary = GridSummary(task.name, len(cells), len(cells) - len(todo))
     display = make_display(task.name, total=len(todo), skipped=summary.skipped, rich=options.progress)
     restore = _sigterm_as_interrupt()

@@ -35,8 +35,7 @@ from pathlib import Path
 from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._spec import Cell, Task
 from fabench.tasks.cell_run import CellOutcome, record_failure
-from fabench.tasks.grid import GridSummary, recorded_status
-from fabench.train.schema import DONE_STATUSES
+from fabench.tasks.grid import GridSummary, cells_to_run
 
 #: ``--launcher`` values; ``submitit-local`` is for tests and is not listed in ``--help``.
 LAUNCHERS = ("local", "submitit", "submitit-local")
@@ -183,12 +182,8 @@ def submit_grid(task: Task, cells: list[Cell], results_dir: Path, options: Slurm
 
     Prints what was submitted and, after waiting, the grid's summary line (stderr).
     """
-    from fabench.train.runs_csv import check_results_dir
-
     results_dir = Path(results_dir)
-    check_results_dir(results_dir)
-    statuses = recorded_status(results_dir)
-    todo = [job_cell(c, options) for c in cells if force or statuses.get(c.run_id) not in DONE_STATUSES]
+    todo = [job_cell(c, options) for c in cells_to_run(cells, results_dir, force)]
     summary = GridSummary(task.name, len(cells), len(cells) - len(todo))
     if not todo:
         print(f"{summary.line()}; nothing to submit", file=sys.stderr)
