@@ -138,7 +138,7 @@ def grid(
     task: Annotated[str, typer.Argument(help="Task name (see `fabench ls tasks`) or path to a task file.")],
     results_dir: Annotated[Path, typer.Option("--results-dir", help="Where runs.csv and run folders go.")] = Path("results"),
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where datasets are found or downloaded.")] = Path("data"),
-    device: Annotated[str, typer.Option(help="Device for each run: auto, cpu, cuda, mps (with --gpus: cuda).")] = "auto",
+    device: Annotated[str, typer.Option(help="Device for each run: auto, cpu, cuda or cuda:N (with --gpus: cuda).")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are done; run nothing.")] = False,
     limit: Annotated[int | None, typer.Option(help="Run at most N of the selected cells (in grid order).", min=1)] = None,
     rule: Annotated[list[str] | None, typer.Option(help="fnmatch filter on rule (repeatable).")] = None,
