@@ -4,7 +4,8 @@
 # classes) and the CIFAR resnet20, printing measured time / bp, the work model's ratio and
 # measured / model (target <= 1.15). One call on one warm machine, so the ratios compare like
 # with like; then the feedback-memory benchmark at 224 px / 1000 classes (materialised vs tiled
-# dfa, and dfa-wht: the RNG wall of the tiled form, target tiled within 2x of materialised).
+# dfa, and dfa-wht: the RNG wall of the tiled form, target tiled within 2x of materialised), and
+# whether the counter-based matrices are the same numbers on the GPU as on the CPU.
 #
 # Usage: tools/gpu_check_dfa.sh          (a few minutes on one H100)
 # Env:   PY (default .venv/bin/python or python3), DEVICE (cuda), OUT (copy the summary there).
@@ -25,6 +26,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" FABENCH_OFFLINE=1 COLUMNS=20
   echo "== resnet20, 32 px, 10 classes, batch 128"
   $PY -m fabench bench rules --arch resnet20 --image-size 32 --batch-size 128 \
     --rules dfa,dfa-conv,dfa-wht --steps 3 --rounds 3 --device "$DEVICE"
+  echo "== the counter-based matrices: the same numbers on the CPU and on $DEVICE"
+  $PY -c "
+import torch
+from fabench.rules import RandomMatrix
+m = RandomMatrix(0, 'layer1.0.conv1', 'dfa', rows=200_003, cols=1000, std=0.01)
+same = torch.equal(m.materialise(device='cpu'), m.materialise(device='$DEVICE').cpu())
+print('cpu == $DEVICE:', same)
+"
   echo "== feedback memory, resnet18 at 224 px, 1000 classes"
   $PY -m fabench bench feedback-memory --cases resnet18 --rules dfa,dfa-wht --max-materialise 9GiB --steps 3 --device "$DEVICE"
 } 2>&1 | tee "$SUMMARY"

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fabench.bench.memory import step_peak_mib
+from fabench.rules import RandomMatrix
 
 FORMS = ("materialised", "tiled")
 
@@ -87,31 +88,43 @@ class FormFigures:
 
 @dataclass(frozen=True)
 class MachineRates:
-    """How fast this machine draws random numbers and multiplies matrices (for estimates only)."""
+    """How fast this machine draws the matrices' entries and multiplies matrices.
+
+    ``ns_per_number`` (the counter streams that define the matrices, drawn tile by tile as the
+    tiled backward draws them) feeds the estimates; ``randn_ns_per_number``, torch's normal draw
+    into the same tile buffer, is printed beside it as the baseline of the same run.
+    """
 
     ns_per_number: float
+    randn_ns_per_number: float
     gflop_per_s: float
 
 
+def _seconds_per_call(fn, device: torch.device, repeats: int = 3) -> float:
+    """Mean seconds of ``fn()`` after one warm-up call, device work included."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
 def measure_rates(device: torch.device) -> MachineRates:
-    """Time one tile's draw and one tile-sized product, as the tiled backward makes them."""
-    tile = torch.empty(1 << 22, device=device)
+    """Time the drawing of a matrix's tiles (and torch.randn into one tile) and one tile-sized product."""
+    matrix = RandomMatrix(0, "rates", "bench", rows=1 << 12, cols=1 << 12, std=1.0)
+    tile = torch.empty((matrix.tile_rows(device), matrix.cols), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     left, right = torch.randn(32, 1024, device=device), torch.randn(1024, 4096, device=device)
-    torch.randn(tile.shape, generator=generator, out=tile)
-    left.matmul(right)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(3):
-        torch.randn(tile.shape, generator=generator, out=tile)
-    _sync(device)
-    draw = (time.perf_counter() - start) / 3 / tile.numel()
-    start = time.perf_counter()
-    for _ in range(3):
-        left.matmul(right)
-    _sync(device)
-    product = (time.perf_counter() - start) / 3
-    return MachineRates(draw * 1e9, 2 * 32 * 1024 * 4096 / product / 1e9)
+
+    def draw_all() -> None:
+        for _ in matrix.tiles(device=device, dtype=torch.float32):
+            pass
+    stream = _seconds_per_call(draw_all, device) / matrix.numel
+    randn = _seconds_per_call(lambda: torch.randn(tile.shape, generator=generator, out=tile), device) / tile.numel()
+    product = _seconds_per_call(lambda: left.matmul(right), device)
+    return MachineRates(stream * 1e9, randn * 1e9, 2 * 32 * 1024 * 4096 / product / 1e9)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,9 +144,10 @@ def arithmetic(handle, batch: int) -> Arithmetic:
     """The plan's matrices and the feedback work per step, at ``batch`` images per step."""
     planned = handle.state.planned()
     matrices = [fb.matrix() for fb in planned]
+    device = planned[0].module.weight.device if planned else torch.device("cpu")
     return Arithmetic(
         matrix_mib=sum(m.nbytes() for m in matrices) / 2**20,
-        tile_mib=max((m.tile_rows * m.cols * 4 for m in matrices), default=0) / 2**20,
+        tile_mib=max((m.tile_rows(device) * m.cols * 4 for m in matrices), default=0) / 2**20,
         feedback_gflop=sum(fb.product_flops(batch) for fb in planned) / 1e9,
         bp_dx_gflop=sum(_bp_dx_flops(fb.module, fb.in_shape, fb.out_shape, batch) for fb in planned) / 1e9,
         random_numbers=float(sum(m.numel for m in matrices)),
@@ -205,8 +219,12 @@ class _Bench:
 
 def run_feedback_memory_benchmark(cases, rules, *, steps: int = 2, batch_size: int | None = None,
                                   device: str = "cpu", max_materialise_bytes: int = 4 << 30,
-                                  max_step_seconds: float = 120.0, seed: int = 0, on_row=None) -> list[FormFigures]:
-    """Measure every (case, rule, form) that can run; return one row per combination."""
+                                  max_step_seconds: float = 120.0, seed: int = 0, on_row=None,
+                                  on_rates=None) -> list[FormFigures]:
+    """Measure every (case, rule, form) that can run; return one row per combination.
+
+    ``on_row`` gets each row as it is measured, ``on_rates`` the machine's :class:`MachineRates`.
+    """
     from fabench.errors import FabenchError, unknown_choice
     from fabench.rules import DIRECT_KINDS, parse_rule
 
@@ -218,6 +236,8 @@ def run_feedback_memory_benchmark(cases, rules, *, steps: int = 2, batch_size: i
             raise FabenchError(f"bench feedback-memory measures dfa, dfa-conv, dfa-wht and dense-fa, got '{rule}'")
     dev = torch.device(device)
     rates = measure_rates(dev)
+    if on_rates:
+        on_rates(rates)
     rows = []
     for name in cases:
         case = CASES[name]

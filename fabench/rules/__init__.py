@@ -14,11 +14,12 @@ from fabench.rules._handle import FeedbackHandle
 from fabench.rules._learned import mirror_work, steps_per_training_step
 from fabench.rules._options import RuleOptions
 from fabench.rules._spec import RuleSpec, list_modifiers, list_rules, parse_rule, rule_family
-from fabench.rules._tiles import MEMORY_FORMS, parse_feedback_memory, parse_size
+from fabench.rules._tiles import MEMORY_FORMS, RandomMatrix, parse_feedback_memory, parse_size
 
 __all__ = [
     "DIRECT_KINDS", "MEMORY_FORMS",
     "FeedbackHandle",
+    "RandomMatrix",
     "RuleOptions",
     "RuleSpec",
     "apply",

@@ -366,9 +366,9 @@ class HadamardDFA(DenseDFA):
     with ``e`` zero-padded to ``n``: one sign flip and one fast Walsh–Hadamard transform per
     block and sample (computed as small matrix products, :func:`walsh_hadamard`). Every entry
     of D is ``±std``, the columns within a block are orthogonal, and ``‖D e‖² ≈ d_in·std²·‖e‖²``,
-    the same expected size as ``dfa``'s i.i.d. Gaussian D.
+    the same expected size as ``dfa``'s i.i.d. D.
     What it holds is the signs, ``blocks × classes ≈ d_in`` numbers (drawn as the signs of a
-    Gaussian :class:`RandomMatrix`, so seeding and tiling are ``dfa``'s); what it computes is
+    :class:`RandomMatrix`'s entries, so seeding and tiling are ``dfa``'s); what it computes is
     at most ``batch · d_in · 64`` multiply-adds instead of ``dfa``'s ``batch · d_in · classes``.
     The structured random projection is the one of fast Johnson–Lindenstrauss transforms
     (Ailon & Chazelle 2006) and Fastfood (Le, Sarlós & Smola 2013); using it as DFA's feedback is
@@ -391,7 +391,7 @@ class HadamardDFA(DenseDFA):
         return batch * blocks * (classes + self.width * hadamard_flops(self.width))
 
     def draw(self, *, device, dtype) -> torch.Tensor:
-        """``s``: ``[blocks, classes]`` of ±1, the signs of the Gaussian matrix's draw."""
+        """``s``: ``[blocks, classes]`` of ±1, the signs of the random matrix's entries (never 0)."""
         source = self.matrix().materialise(device=device, dtype=dtype)
         return torch.where(source >= 0, 1.0, -1.0).to(dtype)
 
@@ -465,13 +465,14 @@ class DirectHandle(FeedbackHandle):
         summary = super().describe()
         state = self.state
         matrices = [fb.matrix() for fb in state.planned()] if state.form else []
+        device = next((layer.weight.device for layer in self.layers.values()), torch.device("cpu"))
         summary.update(
             feedback_form=state.form or "pending",
             feedback_memory=state.policy.text,
             feedback_matrices=len(matrices),
             feedback_matrix_mib=round(state.matrix_bytes() / 2**20, 3) if state.form else None,
-            feedback_tile_mib=round(max((m.tile_rows * m.cols * 4 for m in matrices), default=0) / 2**20, 3),
-            tile_elements=_tiles.TILE_ELEMENTS,
+            feedback_tile_mib=round(max((m.tile_rows(device) * m.cols * 4 for m in matrices), default=0) / 2**20, 3),
+            tile_elements=_tiles.tile_elements(device),
         )
         return summary
 

@@ -1,33 +1,29 @@
-"""Fixed random matrices defined tile by tile, and the memory policy that decides whether to hold them.
+"""Fixed random matrices drawn tile by tile, and the memory policy that decides whether to hold them.
 
 ``dfa`` and ``dense-fa`` need one fixed random matrix per layer whose size grows with the
 feature maps (RULES.md, "Memory, the paper's warning"): ResNet-18 at 224 px with 1000 classes
 needs ≈ 8 GB of DFA matrices, and one dense-fa matrix for a 56×56 conv is ≈ 160 GB. A
-:class:`RandomMatrix` is therefore *defined* by its tiles: tile ``t`` holds rows
-``[t·R, (t+1)·R)`` (``R = tile_rows``, all columns) and is drawn from its own generator,
-seeded from ``(seed, layer name, purpose, t)`` exactly as :func:`fabench.rules._init.layer_generator`
-seeds per-layer draws. So
+:class:`RandomMatrix`'s entry ``(r, c)`` is entry ``r·cols + c`` of its own counter-based
+stream (:mod:`._counter_rng`), keyed by ``(seed, layer name, purpose)``. Any block of rows can
+therefore be drawn alone, and
 
-- the *materialised* matrix is the concatenation of its tiles, drawn once and held;
-- the *tiled* form redraws one tile at a time inside backward and multiplies it at once, so
-  feedback memory is bounded by one tile (:data:`TILE_ELEMENTS` entries) while the matrix
-  is bit-for-bit the same at every step;
-- both forms hold the same numbers, whatever the order layers or tiles are visited in.
+- the *materialised* matrix is drawn once and held;
+- the *tiled* form draws one block of rows (a tile) at a time inside backward and multiplies
+  it at once, so feedback memory is bounded by one tile while the matrix is bit-for-bit the
+  same at every step;
+- both forms hold the same numbers, on every device and whatever the tile size or the order
+  layers and tiles are visited in.
 
-The tile height depends only on the matrix's width (``R = max(1, TILE_ELEMENTS // cols)``),
-never on a memory budget, so changing ``feedback_memory`` never changes the matrices.
-Draws are made in float32 and then cast, so float64 tests see the same matrices.
-
-Devices: on CPU a tile comes from torch's CPU generator; on an accelerator from a generator of
-that device seeded with the same integer (drawing 10⁹ numbers per step on the CPU and copying
-them over would dominate the step). The same seed gives the same matrices across processes on
-the same kind of device; a CUDA draw differs from the CPU draw of the same seed (another
-generator algorithm).
+The tile size is a per-device choice (:func:`tile_elements`): on a CPU a tile of
+:data:`TILE_ELEMENTS` entries (1 MiB of float32) stays in cache between its drawing and its
+product; an accelerator takes :data:`ACCELERATOR_TILE_ELEMENTS` to amortise kernel launches.
+Changing it, or ``feedback_memory``, never changes the matrices. Entries are drawn in float32
+and then cast, so float64 tests see the same matrices.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +31,12 @@ from dataclasses import dataclass
 import torch
 
 from fabench.errors import FabenchError
-from fabench.rules._init import layer_generator
+from fabench.rules import _counter_rng
 
-#: Entries per tile: 4 Mi floats = 16 MiB in float32. Part of the matrices' definition.
-TILE_ELEMENTS = 1 << 22
+#: Entries per tile on a CPU: 256 Ki floats = 1 MiB in float32 (drawn and multiplied in cache).
+TILE_ELEMENTS = 1 << 18
+#: Entries per tile on an accelerator: 16 Mi floats = 64 MiB in float32.
+ACCELERATOR_TILE_ELEMENTS = 1 << 24
 #: ``feedback_memory="auto"`` materialises the matrices when they total at most this.
 AUTO_BUDGET_BYTES = 1 << 30
 MEMORY_FORMS = ("auto", "materialised", "tiled")
@@ -47,9 +45,14 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
+def tile_elements(device: torch.device | str) -> int:
+    """Entries per tile on ``device``: :data:`TILE_ELEMENTS` on a CPU, else :data:`ACCELERATOR_TILE_ELEMENTS`."""
+    return TILE_ELEMENTS if torch.device(device).type == "cpu" else ACCELERATOR_TILE_ELEMENTS
+
+
 @dataclass(frozen=True)
 class RandomMatrix:
-    """A fixed ``[rows, cols]`` matrix of i.i.d. N(0, std²) entries, defined by its row tiles."""
+    """A fixed ``[rows, cols]`` matrix of i.i.d. zero-mean entries of std ``std``, from its counter stream."""
 
     seed: int
     name: str
@@ -58,14 +61,14 @@ class RandomMatrix:
     cols: int
     std: float
 
-    @property
-    def tile_rows(self) -> int:
-        """Rows per tile: as many full rows as fit in :data:`TILE_ELEMENTS` (at least one, at most all)."""
-        return min(self.rows, max(1, TILE_ELEMENTS // self.cols))
+    @functools.cached_property
+    def key(self) -> int:
+        """The 64-bit key of this matrix's stream (:func:`._counter_rng.stream_key`)."""
+        return _counter_rng.stream_key(self.seed, self.name, self.purpose)
 
-    @property
-    def num_tiles(self) -> int:
-        return math.ceil(self.rows / self.tile_rows)
+    def tile_rows(self, device: torch.device | str) -> int:
+        """Rows per tile on ``device``: as many full rows as fit in its tile (at least one, at most all)."""
+        return min(self.rows, max(1, tile_elements(device) // self.cols))
 
     @property
     def numel(self) -> int:
@@ -75,50 +78,44 @@ class RandomMatrix:
         """Bytes the materialised matrix takes at ``element_size`` bytes per entry."""
         return self.numel * element_size
 
-    def tile_bounds(self, tile: int) -> tuple[int, int]:
-        """The row range ``[start, stop)`` that tile ``tile`` covers."""
-        start = tile * self.tile_rows
-        return start, min(self.rows, start + self.tile_rows)
+    def draw_rows_into(self, start: int, out: torch.Tensor, workspace=None) -> torch.Tensor:
+        """Fill float32 ``out`` (``[k, cols]``, contiguous) with rows ``start .. start + k - 1``; return it."""
+        return _counter_rng.fill(out, self.key, start * self.cols, self.std, workspace)
 
-    def _generator(self, tile: int, device: torch.device) -> torch.Generator:
-        """Tile ``tile``'s generator: seeded from (seed, layer, purpose, tile), on ``device``."""
-        return layer_generator(self.seed, self.name, f"{self.purpose}/tile{tile}", device)
-
-    def draw_tile_into(self, tile: int, out: torch.Tensor) -> torch.Tensor:
-        """Fill float32 ``out`` (shaped like the tile, contiguous) with tile ``tile``; return it."""
-        torch.randn(out.shape, generator=self._generator(tile, out.device), out=out)
-        return out.mul_(self.std)
-
-    def draw_tile(self, tile: int, *, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Tile ``tile`` as a new ``[rows_in_tile, cols]`` tensor."""
-        start, stop = self.tile_bounds(tile)
-        out = torch.empty((stop - start, self.cols), device=device, dtype=torch.float32)
-        return self.draw_tile_into(tile, out).to(dtype)
+    def _row_blocks(self, device) -> Iterator[tuple[int, int]]:
+        step = self.tile_rows(device)
+        for start in range(0, self.rows, step):
+            yield start, min(self.rows, start + step)
 
     def materialise(self, *, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The whole matrix: every tile drawn into its rows of one tensor."""
+        """The whole matrix, drawn a tile at a time into one tensor (so temporaries stay tile-sized)."""
         matrix = torch.empty((self.rows, self.cols), device=device, dtype=torch.float32)
-        for tile in range(self.num_tiles):
-            start, stop = self.tile_bounds(tile)
-            self.draw_tile_into(tile, matrix[start:stop])
+        workspace = _counter_rng.Workspace(self.tile_rows(device) * self.cols, device)
+        for start, stop in self._row_blocks(device):
+            self.draw_rows_into(start, matrix[start:stop], workspace)
         return matrix.to(dtype)
 
     def tiles(self, *, device, dtype: torch.dtype) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """``(start, stop, tile)`` for every tile, drawn one at a time into one reused buffer."""
-        buffer = torch.empty((self.tile_rows, self.cols), device=device, dtype=torch.float32)
-        for tile in range(self.num_tiles):
-            start, stop = self.tile_bounds(tile)
-            drawn = self.draw_tile_into(tile, buffer[: stop - start])
-            yield start, stop, drawn if dtype == torch.float32 else drawn.to(dtype)
+        """``(start, stop, tile)`` for every tile of rows, drawn one at a time into buffers reused throughout."""
+        buffer = torch.empty((self.tile_rows(device), self.cols), device=device, dtype=torch.float32)
+        workspace = _counter_rng.Workspace(buffer.numel(), device)
+        cast = None if dtype == torch.float32 else torch.empty(buffer.shape, device=device, dtype=dtype)
+        for start, stop in self._row_blocks(device):
+            drawn = self.draw_rows_into(start, buffer[: stop - start], workspace)
+            yield start, stop, drawn if cast is None else cast[: stop - start].copy_(drawn)
 
     def times_transposed(self, v: torch.Tensor, held: torch.Tensor | None) -> torch.Tensor:
-        """``v @ Mᵀ`` for ``v`` of shape ``[n, cols]``: from ``held`` if given, else tile by tile."""
+        """``v @ Mᵀ`` for ``v`` of shape ``[n, cols]``: from ``held`` if given, else tile by tile.
+
+        Tiled, each tile's ``M_tile · vᵀ`` goes straight into its contiguous rows of ``(v Mᵀ)ᵀ``,
+        so the loop allocates nothing per tile.
+        """
         if held is not None:
             return v.matmul(held.t())
-        out = v.new_empty((v.shape[0], self.rows))
+        transposed = v.new_empty((self.rows, v.shape[0]))
         for start, stop, tile in self.tiles(device=v.device, dtype=v.dtype):
-            out[:, start:stop] = v.matmul(tile.t())
-        return out
+            torch.mm(tile, v.t(), out=transposed[start:stop])
+        return transposed.t().contiguous()
 
     def times(self, v: torch.Tensor, held: torch.Tensor | None) -> torch.Tensor:
         """``v @ M`` for ``v`` of shape ``[n, rows]``: from ``held`` if given, else tile by tile."""
