@@ -17,8 +17,9 @@ whole matrix again at every step (2·10⁹ entries for ResNet-18 at 224 px, 1000
   takes about 1.5 ns (a dozen integer operations per 8 entries, one conversion, one affine map);
 - *any range alone*: a tile is drawn without its predecessors, so the tile size is a choice
   per device (cache-sized on a CPU, large on a GPU) that never changes the matrix;
-- *every device*: the same integer operations give the same numbers on CPU and CUDA, where
-  torch's CPU and CUDA generators give different draws from the same seed.
+- *every device*: the same integer operations are meant to give the same numbers on CPU and
+  CUDA (``tools/gpu_check_dfa.sh`` checks it), where torch's CPU and CUDA generators give
+  different draws from the same seed.
 
 The price is the distribution: 256 uniform levels instead of a Gaussian. DFA needs a fixed
 random matrix of i.i.d. zero-mean entries with the chosen std (RULES.md names no distribution);

@@ -11,7 +11,7 @@ therefore be drawn alone, and
 - the *tiled* form draws one block of rows (a tile) at a time inside backward and multiplies
   it at once, so feedback memory is bounded by one tile while the matrix is bit-for-bit the
   same at every step;
-- both forms hold the same numbers, on every device and whatever the tile size or the order
+- both forms hold the same numbers, whatever the device, the tile size or the order
   layers and tiles are visited in.
 
 The tile size is a per-device choice (:func:`tile_elements`): on a CPU a tile of
