@@ -32,10 +32,11 @@ the logical shift ``x >>> k`` is ``(x >> k) & (2^(64-k) - 1)``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
+
+from fabench.rules._init import layer_key
 
 _MASK64 = (1 << 64) - 1
 #: SplitMix64's increment (the golden ratio's fraction in 64 bits) and its two multipliers.
@@ -56,9 +57,8 @@ def as_int64(value: int) -> int:
 
 
 def stream_key(seed: int, name: str, purpose: str) -> int:
-    """The 64-bit key of one matrix's stream: a hash of the run's seed, the layer's name and the purpose."""
-    digest = hashlib.blake2b(f"{seed}\x00{name}\x00{purpose}\x00counter".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    """The 64-bit key of one matrix's stream: :func:`._init.layer_key` of the purpose marked ``counter``."""
+    return layer_key(seed, name, f"{purpose}\x00counter")
 
 
 def _weyl_steps(count: int, device: torch.device) -> torch.Tensor:

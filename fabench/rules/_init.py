@@ -18,14 +18,19 @@ import torch
 INIT_CHOICES = ("auto", "kaiming", "xiao", "xavier", "weight")
 
 
+def layer_key(seed: int, name: str, purpose: str) -> int:
+    """A 64-bit integer fixed by ``seed``, the module's name and what the draw is for (a blake2b hash)."""
+    digest = hashlib.blake2b(f"{seed}\x00{name}\x00{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 def layer_generator(seed: int, name: str, purpose: str, device: torch.device | None = None) -> torch.Generator:
     """A generator seeded from ``seed``, the module's name and what the draw is for.
 
     On the CPU unless ``device`` names another device, whose own generator gets the same seed
     (drawing there avoids copying large draws over; its numbers differ from the CPU's).
     """
-    digest = hashlib.blake2b(f"{seed}\x00{name}\x00{purpose}".encode(), digest_size=8).digest()
-    seed_value = int.from_bytes(digest, "little") & (2**63 - 1)
+    seed_value = layer_key(seed, name, purpose) & (2**63 - 1)
     on_cpu = device is None or torch.device(device).type == "cpu"
     return torch.Generator().manual_seed(seed_value) if on_cpu else torch.Generator(device=device).manual_seed(seed_value)
 
