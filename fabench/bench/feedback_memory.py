@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fabench.bench.memory import step_peak_mib
+from fabench.bench.timing import median_seconds
 from fabench.rules import RandomMatrix
+from fabench.train.device import synchronize
 
 FORMS = ("materialised", "tiled")
 
@@ -100,17 +102,6 @@ class MachineRates:
     gflop_per_s: float
 
 
-def _seconds_per_call(fn, device: torch.device, repeats: int = 3) -> float:
-    """Mean seconds of ``fn()`` after one warm-up call, device work included."""
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
 def measure_rates(device: torch.device) -> MachineRates:
     """Time the drawing of a matrix's tiles (and torch.randn into one tile) and one tile-sized product."""
     matrix = RandomMatrix(0, "rates", "bench", rows=1 << 12, cols=1 << 12, std=1.0)
@@ -121,15 +112,10 @@ def measure_rates(device: torch.device) -> MachineRates:
     def draw_all() -> None:
         for _ in matrix.tiles(device=device, dtype=torch.float32):
             pass
-    stream = _seconds_per_call(draw_all, device) / matrix.numel
-    randn = _seconds_per_call(lambda: torch.randn(tile.shape, generator=generator, out=tile), device) / tile.numel()
-    product = _seconds_per_call(lambda: left.matmul(right), device)
+    stream = median_seconds(draw_all, device) / matrix.numel
+    randn = median_seconds(lambda: torch.randn(tile.shape, generator=generator, out=tile), device) / tile.numel()
+    product = median_seconds(lambda: left.matmul(right), device)
     return MachineRates(stream * 1e9, randn * 1e9, 2 * 32 * 1024 * 4096 / product / 1e9)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _bp_dx_flops(module: nn.Module, in_shape, out_shape, batch: int) -> float:
@@ -189,10 +175,10 @@ class _Bench:
 
     def timed_step(self) -> float:
         """Seconds one optimizer step takes, device work included."""
-        _sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         self.step()
-        _sync(self.device)
+        synchronize(self.device)
         return time.perf_counter() - start
 
     def measure(self, rule: str, form: str, steps: int) -> tuple[float, float, float, float]:

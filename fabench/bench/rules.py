@@ -30,6 +30,7 @@ import torch
 
 from fabench.bench.memory import STEADY_MALLOC_ENV, step_peak_mib, tensor_mib
 from fabench.errors import FabenchError
+from fabench.train.device import synchronize
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,6 @@ class RuleFigures:
     #: the work model's floor for this rule's step (fabench.bench.work_model), and its FLOPs
     model_ms: float = float("nan")
     model_gflop: float = float("nan")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _build(setup: BenchSetup):
@@ -162,10 +158,10 @@ def measure_time(setup: BenchSetup, rules, *, steps: int, rounds: int) -> dict[s
             handle.attach_optimizer(optimizer)
             step()
             for _ in range(steps):
-                _synchronize(dev)
+                synchronize(dev)
                 start = time.perf_counter()
                 step()
-                _synchronize(dev)
+                synchronize(dev)
                 if round_index:
                     times[rule].append(time.perf_counter() - start)
             handle.remove()

@@ -34,11 +34,12 @@ layer and so under-counted such a step.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from fabench.bench.timing import median_seconds
 
 
 @dataclass
@@ -153,22 +154,9 @@ def measure_rates(device: torch.device) -> Rates:
     big, out = torch.randn(1 << 23, device=device), torch.empty(1 << 23, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def timed(fn) -> float:
-        fn()
-        runs = []
-        for _ in range(3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            runs.append(time.perf_counter() - start)
-        return sorted(runs)[1]
-
-    matmul = timed(lambda: a @ b)
-    copy = timed(lambda: out.copy_(big))
-    draw = timed(lambda: torch.randn(out.shape, generator=gen, out=out, device=device))
+    matmul = median_seconds(lambda: a @ b, device)
+    copy = median_seconds(lambda: out.copy_(big), device)
+    draw = median_seconds(lambda: torch.randn(out.shape, generator=gen, out=out, device=device), device)
     return Rates(2 * 512**3 / matmul, 2 * 4 * big.numel() / copy, draw / big.numel())
 
 
