@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -101,24 +100,32 @@ def _lines(stream, sink: queue.Queue) -> None:
     sink.put(None)
 
 
+def _ignore_sigint() -> None:
+    """Start the grid as a background job of a script would: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_path, workers):
+    """Deterministic: the second cell holds after its first step until it is asked to stop
+    (``hold@process-step``: cell 1 is 2 epochs of 2 steps), so the SIGINT sent when the grid
+    reports the first cell finished always finds cell 2 running, however loaded the machine is.
+    The grid starts with SIGINT ignored, and must still stop on it."""
     task, run_ids = make_task(tmp_path, epochs=2, rules="[bp, fa, fa-usf-sn]")
     results = tmp_path / "results"
-    process = subprocess.Popen(grid_command(task, results, "--workers", "1"), cwd=REPO, env=grid_env(),
+    process = subprocess.Popen(grid_command(task, results, "--workers", workers), cwd=REPO,
+                               env=grid_env(FABENCH_FAULT="hold@process-step=5"), preexec_fn=_ignore_sigint,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
-    output, deadline = [], time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-        if line is None:
-            break
+    output = []
+    while (line := lines.get(timeout=240)) is not None:
         output.append(line)
-        if "[1/3]" in line:  # the first cell is finished; the second is starting
+        if "[1/3]" in line:  # the first cell is finished; the second is set up or holding
             process.send_signal(signal.SIGINT)
             break
-    code = process.wait(timeout=180)
+    code = process.wait(timeout=240)
     while (line := lines.get(timeout=10)) is not None:
         output.append(line)
     text = "".join(output)
@@ -126,11 +133,13 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
     assert "interrupted" in text and "Traceback" not in text
     before = {r["run_id"]: r for r in rows(results)}
     assert before[run_ids[0]]["status"] == "finished"
-    assert all(before[i]["status"] == "interrupted" for i in before if i != run_ids[0])
+    assert before[run_ids[1]]["status"] == "interrupted", text
+    assert run_ids[2] not in before  # never started
 
-    rerun = run_grid(task, results, "--workers", "1")
+    rerun = run_grid(task, results, "--workers", workers)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "3 cells selected, 1 already finished, 2 finished now" in rerun.stdout
+    assert rerun.stdout.count("resume arch1/") == 1  # cell 2 from its checkpoint, cell 3 from scratch
     after = rows(results)
     assert sorted(r["run_id"] for r in after) == sorted(run_ids)
     assert {r["status"] for r in after} == {"finished"}
@@ -138,6 +147,23 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
     assert first["finished_at"] == before[run_ids[0]]["finished_at"]  # not run again
     for run_id in run_ids:
         assert curve_epochs(results, run_id) == [1, 2]
+
+
+def test_a_stop_between_runs_reaches_the_next_run_and_a_stop_inside_one_reaches_the_grid():
+    """Nested stop flags (a grid worker's around each run's) lose no signal in the gaps."""
+    from fabench.train.interrupt import stop_on_signals
+
+    with stop_on_signals() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)  # while a cell is being set up
+        with stop_on_signals() as inner:
+            assert inner() and inner.signal_name == "SIGTERM"
+    with stop_on_signals() as outer:
+        with stop_on_signals() as inner:
+            os.kill(os.getpid(), signal.SIGTERM)  # during a run
+        assert inner() and outer() and outer.signal_name == "SIGTERM"
+    with stop_on_signals() as outer, stop_on_signals() as inner:
+        pass
+    assert not outer() and not inner()
 
 
 def test_gpu_workers_are_pinned_and_cpu_workers_share_the_cores(monkeypatch):

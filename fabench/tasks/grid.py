@@ -22,9 +22,7 @@ How it works:
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,15 +148,24 @@ def dry_run_report(task: Task, cells: list[Cell], results_dir: Path, *, force: b
 
 
 def _sequential(cells: list[Cell], force: bool, display) -> tuple[list[CellOutcome], bool]:
-    """``--workers 0``: run cells one after another in this process (for debugging)."""
+    """``--workers 0``: run cells one after another in this process (for debugging).
+
+    One stop flag spans the whole grid: a signal between two runs, or while a run is being set
+    up, stops the grid as one during a run does (each run's own flag nests inside it).
+    """
+    from fabench.train.interrupt import stop_on_signals
+
     outcomes = []
-    for cell in cells:
-        display.started(cell)
-        outcome = run_cell(cell, force=force, on_event=lambda event, c=cell: display.event(c, event))
-        outcomes.append(outcome)
-        display.finished(outcome)
-        if outcome.status == "interrupted":
-            return outcomes, True
+    with stop_on_signals() as stop:
+        for cell in cells:
+            if stop():
+                return outcomes, True
+            display.started(cell)
+            outcome = run_cell(cell, force=force, on_event=lambda event, c=cell: display.event(c, event))
+            outcomes.append(outcome)
+            display.finished(outcome)
+            if outcome.status == "interrupted":
+                return outcomes, True
     return outcomes, False
 
 
@@ -170,7 +177,6 @@ def run_grid(task: Task, cells: list[Cell], results_dir: Path, options: GridOpti
     todo = cells_to_run(cells, results_dir, options.force)
     summary = GridSummary(task.name, len(cells), len(cells) - len(todo))
     display = make_display(task.name, total=len(todo), skipped=summary.skipped, rich=options.progress)
-    restore = _sigterm_as_interrupt()
     try:
         if not todo:
             pass
@@ -181,21 +187,5 @@ def run_grid(task: Task, cells: list[Cell], results_dir: Path, options: GridOpti
             summary.interrupted = pool.run()
             summary.outcomes = pool.outcomes
     finally:
-        restore()
         display.close(summary)
     return summary
-
-
-def _raise_interrupt(signum, frame) -> None:
-    """Signal handler: turn SIGTERM into the KeyboardInterrupt path of Ctrl-C."""
-    raise KeyboardInterrupt
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """Treat SIGTERM to the grid like Ctrl-C (orderly stop); return a function that undoes it."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)

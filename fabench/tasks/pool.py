@@ -8,6 +8,10 @@ cell recorded as ``failed`` ("worker process died"), and a fresh worker takes th
 Ctrl-C reaches the parent only (workers run in their own process group): the parent stops
 handing out cells and asks each busy worker to stop with SIGTERM, which :mod:`fabench.train`
 turns into "finish this step, checkpoint, record ``interrupted``"; a second Ctrl-C kills them.
+SIGTERM to the parent (a scheduler's) stops the grid the same way. The parent installs its
+own handlers, so a grid started where SIGINT is ignored (a background job of a script) still
+stops on Ctrl-C or ``kill -INT``; a worker holds its stop flag from the moment it starts, so a
+SIGTERM that arrives while a cell is still being set up stops that cell at its first step.
 On Linux a worker also dies with its parent (``PR_SET_PDEATHSIG``).
 """
 
@@ -56,6 +60,14 @@ def _worker_main(conn, env: dict[str, str], force: bool) -> None:
     os.environ.update(env)
     os.setpgrp()  # Ctrl-C goes to the parent, which stops workers in order
     _die_with_parent()
+    from fabench.train.interrupt import stop_on_signals
+
+    with stop_on_signals():  # a stop before a cell's run installs its own flag is not lost
+        _serve_cells(conn, force)
+
+
+def _serve_cells(conn, force: bool) -> None:
+    """Run the cells the parent sends until it sends None or goes away."""
     parent = os.getppid()
 
     def send(message: tuple) -> None:
@@ -90,6 +102,29 @@ def worker_envs(options: GridOptions, n_cells: int) -> list[dict[str, str]]:
             threads = int(user)
         envs = [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} for _ in range(count)]
     return envs[:max(1, n_cells)]
+
+
+class _StopSignals:
+    """Counts the SIGINTs and SIGTERMs the grid's process receives while the pool runs.
+
+    The handlers are the pool's own, whatever dispositions the process inherited, and they only
+    count: the pool acts on the count between its waits, never half-way through a pipe write.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -226,23 +261,21 @@ class WorkerPool:
                         os.kill(slot.process.pid, signum)
 
     def run(self) -> bool:
-        """Run every cell; return True if the grid was interrupted."""
-        for slot in self.slots:
-            self._dispatch(slot)
-        try:
-            while self.pump():
-                pass
-        except KeyboardInterrupt:
-            self.display.note("interrupt: asking running cells to checkpoint and stop (Ctrl-C again to kill them)")
-            self.stop(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
-            try:
-                while self.pump() and time.monotonic() < deadline:
-                    pass
-            except KeyboardInterrupt:
-                pass
-            self.stop(signal.SIGKILL)
-            while self.pump():
-                pass
-            return True
-        return self.stopping
+        """Run every cell; return True if the grid was interrupted.
+
+        The first signal asks busy workers to checkpoint and stop (SIGTERM); a second one, or
+        :data:`STOP_GRACE_S` without them stopping, kills them (their last checkpoints remain).
+        """
+        with _StopSignals().installed() as signals:
+            for slot in self.slots:
+                self._dispatch(slot)
+            deadline = None
+            while self.pump(timeout=0.2):
+                if signals.count and deadline is None:
+                    self.display.note("interrupt: asking running cells to checkpoint and stop (Ctrl-C again to kill them)")
+                    self.stop(signal.SIGTERM)
+                    deadline = time.monotonic() + STOP_GRACE_S
+                if deadline is not None and (signals.count > 1 or time.monotonic() > deadline):
+                    self.stop(signal.SIGKILL)
+                    deadline = float("inf")
+            return bool(signals.count) or self.stopping

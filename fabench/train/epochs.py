@@ -52,9 +52,10 @@ def call_step_hooks(hooks: list[EpochHook], session: Session, records: RunRecord
             hook(ctx)
 
 
-def _after_step(hooks: list[EpochHook], session: Session, records: RunRecords, progress: Progress, steps_now):
+def _after_step(hooks: list[EpochHook], session: Session, records: RunRecords, progress: Progress, steps_now,
+                stop: StopFlag):
     def after_step(steps_done: int) -> None:
-        inject_after_step(next(steps_now))
+        inject_after_step(next(steps_now), stop)
         call_step_hooks(hooks, session, records, progress, steps_done)
     return after_step
 
@@ -121,7 +122,7 @@ def run_epochs(session: Session, progress: Progress, records: RunRecords, stop: 
         batches = session.data.train_epoch(skip=progress.step_in_epoch)
         started = time.perf_counter()
         outcome = train_epoch(session.trainer, batches, should_stop=stop,
-                              after_step=_after_step(hooks, session, records, progress, steps_now),
+                              after_step=_after_step(hooks, session, records, progress, steps_now, stop),
                               on_progress=_step_reporter(session, progress, epoch, started, emit))
         outcome = session.strategy.gather_epoch(session, outcome)  # DDP: sums over ranks, BN statistics averaged
         if not outcome.interrupted and not outcome.diverged:
