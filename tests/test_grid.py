@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fabench.tasks import load_task
+from fabench.train.schema import DONE_STATUSES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +88,7 @@ def test_two_workers_survive_dying_workers_then_resume_every_cell_once(tmp_path)
     assert resumed.stdout.count("resume arch1/") == 2
     recorded = rows(results)
     assert sorted(r["run_id"] for r in recorded) == sorted(run_ids)  # one row per cell
-    assert {(r["status"], r["epochs_done"]) for r in recorded} == {("finished", "2")}
+    assert {r["epochs_done"] for r in recorded} == {"2"} and {r["status"] for r in recorded} <= set(DONE_STATUSES)
     for run_id in run_ids:
         assert curve_epochs(results, run_id) == [1, 2]  # epoch 1 was not trained twice
         manifest = json.loads((results / "grid-test" / run_id / "manifest.json").read_text())
@@ -132,7 +133,7 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
     assert code == 130, text
     assert "interrupted" in text and "Traceback" not in text
     before = {r["run_id"]: r for r in rows(results)}
-    assert before[run_ids[0]]["status"] == "finished"
+    assert before[run_ids[0]]["status"] in DONE_STATUSES  # 100 images, 2 epochs: may end at chance
     assert before[run_ids[1]]["status"] == "interrupted", text
     assert run_ids[2] not in before  # never started
 
@@ -142,7 +143,7 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
     assert rerun.stdout.count("resume arch1/") == 1  # cell 2 from its checkpoint, cell 3 from scratch
     after = rows(results)
     assert sorted(r["run_id"] for r in after) == sorted(run_ids)
-    assert {r["status"] for r in after} == {"finished"}
+    assert {r["status"] for r in after} <= set(DONE_STATUSES)
     first = next(r for r in after if r["run_id"] == run_ids[0])
     assert first["finished_at"] == before[run_ids[0]]["finished_at"]  # not run again
     for run_id in run_ids:

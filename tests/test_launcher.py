@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, cli
 
-from fabench.cli import main
 from fabench.errors import FabenchError
 from fabench.tasks import load_task
 from fabench.tasks.submit import parse_extra, parse_slurm_time
@@ -90,7 +90,9 @@ def test_submitit_local_runs_the_grid_into_the_usual_results(task_file, tmp_path
 
     table = fabench("table", "--results-dir", str(results), "--task", "launch-test", "--format", "csv")
     assert table.returncode == 0, table.stderr
-    assert "bp" in table.stdout and "fa" in table.stdout
+    cells = list(csv.DictReader(table.stdout.splitlines()))
+    errors = {r["rule"]: 100 - float(r["final_top1"]) for r in recorded}  # the default metric: top-1 error
+    assert len(cells) == 2 and {c["rule"]: float(c["mean"]) for c in cells} == pytest.approx(errors), table.stdout
 
 
 @pytest.mark.slow
@@ -132,33 +134,13 @@ def test_slurm_array_script_and_one_ddp_array_task(task_file, tmp_path):
     assert row["device"].startswith("2x cpu")
 
 
-def _fabench_in_process(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    return done.value.code, capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--launcher", "lsf"], "unknown launcher 'lsf'"),
-    (["--slurm-partition", "gpu"], "--slurm-partition needs --launcher submitit"),
-    (["--launcher", "submitit", "--slurm-time", "soon"], "--slurm-time takes a SLURM time limit"),
-    (["--launcher", "submitit", "--slurm-extra", "account"], "--slurm-extra takes KEY=VALUE"),
-    (["--launcher", "submitit", "--gpus", "0,1"], "--gpus places local workers"),
-])
-def test_bad_launcher_options_are_one_line_and_exit_2(extra, message, task_file, tmp_path, capsys):
-    code, err = _fabench_in_process(capsys, "grid", str(task_file), "--results-dir", str(tmp_path / "r"), *extra)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-
-
 def test_missing_submitit_or_slurm_is_one_line(task_file, tmp_path, capsys, monkeypatch):
+    """What this machine lacks, so not in the subprocess matrix of test_cli_errors."""
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
-    code, err = _fabench_in_process(capsys, "grid", str(task_file), "--results-dir", str(tmp_path / "r"),
-                                    "--launcher", "submitit")
-    assert code == 2 and "--launcher submitit needs SLURM" in err and len(err.strip().splitlines()) == 1, err
+    grid = ("grid", str(task_file), "--results-dir", str(tmp_path / "r"), "--launcher", "submitit")
+    assert_one_line_error(*cli(capsys, *grid), "--launcher submitit needs SLURM")
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if `pip install 'fabench[slurm]'` had not been run
-    code, err = _fabench_in_process(capsys, "grid", str(task_file), "--results-dir", str(tmp_path / "r"),
-                                    "--launcher", "submitit")
-    assert code == 2 and "pip install 'fabench[slurm]'" in err and len(err.strip().splitlines()) == 1, err
+    assert_one_line_error(*cli(capsys, *grid), "pip install 'fabench[slurm]'")
 
 
 @pytest.mark.parametrize(("text", "minutes"), [

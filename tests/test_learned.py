@@ -22,6 +22,11 @@ def small_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
 
 
+def feedback_buffers(model: nn.Module) -> list[str]:
+    """Names of the feedback buffers a rule left on ``model`` (``3.feedback_weight``, ...)."""
+    return [name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1].startswith("feedback_")]
+
+
 def train_steps(model, handle, optimizer, steps: int):
     """Yield (ΔW, ΔB) per covered layer after each of ``steps`` optimizer steps."""
     layers = list(handle.layers.values())
@@ -89,9 +94,10 @@ def test_kp_removal_takes_b_out_of_the_optimizer():
     groups = len(optimizer.param_groups)
     handle.attach_optimizer(optimizer)
     assert len(optimizer.param_groups) == groups + 1
+    assert feedback_buffers(model) == ["0.feedback_weight", "3.feedback_weight"]
     handle.remove()
     assert len(optimizer.param_groups) == groups
-    assert all(not n.startswith("feedback_") for n, _ in model.named_buffers())
+    assert feedback_buffers(model) == []
 
 
 def test_wm_moves_b_to_w_and_leaves_w_batchnorm_and_rng_alone():

@@ -192,14 +192,6 @@ def test_ls_tasks_lists_good_tasks_and_reports_broken_files_loudly(tmp_path, cap
     assert f"{broken}:" in err and "invalid YAML" in err
 
 
-def test_unknown_task_name_lists_the_known_ones(tmp_path, capsys):
-    write(tmp_path, "tiny.yaml", GOOD)
-    code, _out, err = cli(capsys, "grid", "tinny", "--dry-run", "--tasks-dir", str(tmp_path))
-    assert code == 2
-    assert "unknown task 'tinny'" in err and "tiny" in err
-    assert "Traceback" not in err
-
-
 def test_shipped_tasks_validate():
     """Every task file in the repository's tasks/ folder is valid (rules, archs, datasets, settings)."""
     from fabench.tasks import scan

@@ -140,15 +140,18 @@ def test_records_follow_the_schema(smoke):
     assert checkpoint["progress"]["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= checkpoint.keys()
 
 
-def test_identical_run_is_skipped_and_force_reruns(tmp_path, tiny_npz):
+def test_identical_run_is_skipped_and_force_reruns(tmp_path, tiny_npz, monkeypatch):
     config = RunConfig(arch="arch1", dataset=tiny_npz, subset=64, batch_size=32, epochs=1, device="cpu",
                        results_dir=str(tmp_path))
     first = run(config)
     again = run(config)
     assert again.skipped and again.row == first.row
+    rerun_clock = "2999-01-01T00:00:00+00:00"  # a clock only a run that really starts again reads
+    monkeypatch.setattr("fabench.train.run_record.now", lambda: rerun_clock)
     forced = run(config, force=True)
     assert not forced.skipped and forced.status == "finished"
-    assert forced.row["started_at"] >= first.row["started_at"]
+    assert forced.row["started_at"] == rerun_clock != first.row["started_at"]
+    assert read_rows(tmp_path)[0]["started_at"] == rerun_clock
     rows = read_rows(tmp_path)
     assert [r["run_id"] for r in rows] == [config.run_id]  # replaced, never duplicated
 
@@ -162,7 +165,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, resumable, uni
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
     resumed = run(RunConfig(**resumable, results_dir=str(tmp_path)))
-    assert resumed.status == "finished" and uninterrupted.status == "finished"
+    assert resumed.status == uninterrupted.status and resumed.status in DONE_STATUSES  # trained to the end
     assert json.loads((run_dir / "manifest.json").read_text())["resumed_at"][0]["epoch"] == 1
     assert_same_result(resumed, uninterrupted)
     assert len(read_rows(tmp_path)) == 1
@@ -178,7 +181,7 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_resumes_exactly(tmp_path, resum
     assert read_rows(tmp_path)[0]["status"] == "interrupted"
     resumed = run(RunConfig(**resumable, results_dir=str(tmp_path)))
     assert_same_result(resumed, uninterrupted)
-    assert [r["status"] for r in read_rows(tmp_path)] == ["finished"]
+    assert [r["status"] for r in read_rows(tmp_path)] == [uninterrupted.status]
 
 
 def test_divergence_is_recorded_as_a_result(tmp_path, tiny_npz):
@@ -190,46 +193,6 @@ def test_divergence_is_recorded_as_a_result(tmp_path, tiny_npz):
     assert row["status"] == "diverged" and "non-finite" in row["error"] and row["final_top1"] == ""
 
 
-# --- bad input -----------------------------------------------------------------------------------
-
-def corrupt_npz(tmp_path: Path) -> str:
-    path = tmp_path / "broken.npz"
-    path.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    return str(path)
-
-
-BAD_INPUTS = {
-    "unknown arch": ["--arch", "resnet-nope"],
-    "unknown dataset": ["--dataset", "cifar11"],
-    "unknown rule": ["--rule", "fa-usf-xx"],
-    "zero epochs": ["--epochs", "0"],
-    "zero lr": ["--lr", "0"],
-    "batch larger than dataset": ["--subset", "50", "--batch-size", "64"],
-    "corrupt npz": ["--dataset", corrupt_npz],
-    "multistep without milestones": ["--schedule", "multistep"],
-    "fp16 on cpu": ["--amp", "fp16", "--device", "cpu"],
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
-    results = tmp_path / "results"
-    results.mkdir()
-    extra = [a(tmp_path) if callable(a) else a for a in BAD_INPUTS[case]]
-    assert cli(["run", "--results-dir", str(results), "--no-progress", *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fabench: error: "), err
-    assert list(results.iterdir()) == []
-
-
-def test_unwritable_results_folder_is_one_line_exit_2(tmp_path, capsys):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    assert cli(["run", "--results-dir", str(blocker / "results"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a folder" in err[0]
-
-
 # --- other architectures, evaluation -------------------------------------------------------------
 
 def test_fa_usf_alexnet_runs_from_the_cli(tmp_path, tiny_npz, capsys):
@@ -237,7 +200,7 @@ def test_fa_usf_alexnet_runs_from_the_cli(tmp_path, tiny_npz, capsys):
     assert cli(["run", "--rule", "fa-usf", "--arch", "alexnet", "--dataset", tiny_npz, "--epochs", "1", "--subset",
                 "32", "--batch-size", "16", "--device", "cpu", "--results-dir", str(tmp_path), "--no-progress"]) == 0
     row = read_rows(tmp_path)[0]
-    assert (row["status"], row["rule"], row["arch"]) == ("finished", "fa-usf", "alexnet")
+    assert row["status"] in DONE_STATUSES and (row["rule"], row["arch"]) == ("fa-usf", "alexnet")  # 2 steps: at chance
     assert "epoch 1/1" in capsys.readouterr().out
 
 
@@ -254,11 +217,6 @@ def test_eval_on_an_eval_only_npz_matches_the_run_and_is_recorded(smoke, tmp_pat
     with open(smoke.run_dir / "curves.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["split"] == "eval:first100.npz"]
     assert {r["metric"] for r in rows} == {"top1", "top5", "loss"} and all(r["epoch"] == "2" for r in rows)
-
-
-def test_eval_of_a_folder_without_a_run_is_one_line_exit_2(tmp_path, capsys):
-    assert cli(["eval", str(tmp_path), "--dataset", "cifar10-mini"]) == 2
-    assert "not a run folder" in capsys.readouterr().err
 
 
 

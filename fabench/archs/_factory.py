@@ -86,19 +86,53 @@ def check_arch(name: str) -> tuple[str, str]:
     raise unknown_choice("architecture", name, choices)
 
 
-def check_arch_options(name: str, options: dict) -> None:
-    """Refuse options that fabench's own architecture ``name`` does not take (timm and
-    torchvision constructors take ``**kwargs``: they are checked when the model is built)."""
+#: Constructor options that load pretrained weights or a checkpoint: fabench trains from random
+#: weights only, so they are refused rather than passed on.
+WEIGHT_OPTIONS = ("weights", "pretrained", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay",
+                  "pretrained_strict", "checkpoint_path")
+#: Constructor arguments fabench sets itself from the dataset and the run.
+FIXED_OPTIONS = ("num_classes", "in_chans", "image_size", "img_size", "device", "dtype")
+
+
+def _constructor_options(source: str, bare: str) -> list[str] | None:
+    """The options architecture ``bare`` of ``source`` takes, or None when they cannot be listed
+    (a constructor with ``**kwargs``); timm and torchvision models are built on the meta device
+    (no memory, no weights) to find their class."""
     import inspect
 
+    import torch
+
+    if source == "fabench":
+        build = ARCHS.get(bare).build
+    else:
+        try:
+            with torch.device("meta"):
+                build = type(_BUILDERS[source](bare, 10, 3, None, {}))
+        except Exception:  # a model that cannot be built bare is checked when it is built
+            return None
+    parameters = inspect.signature(build).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.name not in (*FIXED_OPTIONS, "self") and p.kind is not p.VAR_POSITIONAL]
+
+
+def refuse_weight_options(options: dict) -> None:
+    """Refuse constructor options that would load pretrained weights or a checkpoint."""
+    loading = [key for key in options if key in WEIGHT_OPTIONS]
+    if loading:
+        raise FabenchError(f"architecture option '{loading[0]}' would load pretrained weights; fabench trains "
+                           "from random weights only", setting="arch_options")
+
+
+def check_arch_options(name: str, options: dict) -> None:
+    """Refuse options architecture ``name`` does not take, and options that would load weights."""
     source, bare = check_arch(name)
-    if source != "fabench" or not options:
+    if not options:
         return
-    parameters = inspect.signature(ARCHS.get(bare).build).parameters
-    fixed = ("num_classes", "in_chans", "image_size")
-    unknown = [key for key in options if key not in parameters or key in fixed]
+    refuse_weight_options(options)
+    takes = _constructor_options(source, bare)
+    unknown = [key for key in options if key in FIXED_OPTIONS or (takes is not None and key not in takes)]
     if unknown:
-        takes = [p for p in parameters if p not in fixed]
         raise FabenchError(f"architecture '{bare}' has no option '{unknown[0]}'; it takes "
                            f"{', '.join(takes) if takes else 'no options'}", setting="arch_options")
 
@@ -195,9 +229,17 @@ def create_model(
     the size the architecture is designed for (see each family). Extra ``options`` go to the
     constructor; options left at None are dropped, so unset CLI flags never reach it.
     """
-    source, bare = check_arch(name)
     options = {key: value for key, value in options.items() if value is not None}
-    model = _BUILDERS[source](bare, num_classes, in_chans, image_size, options)
+    refuse_weight_options(options)
+    source, bare = check_arch(name)
+    try:
+        model = _BUILDERS[source](bare, num_classes, in_chans, image_size, options)
+    except (TypeError, ValueError) as err:
+        if not options:
+            raise
+        message = str(err).strip().splitlines()
+        raise FabenchError(f"architecture '{bare}' does not take options {sorted(options)}: "
+                           f"{type(err).__name__}: {message[0] if message else ''}", setting="arch_options") from None
     return model, source
 
 

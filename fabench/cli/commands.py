@@ -9,3 +9,4 @@ from fabench.cli import run_cmd, bench_loop
 from fabench.cli import bench_probe
 from fabench.cli import bench_feedback
 from fabench.cli import bench_prior_art
+from fabench.cli import tune_cmd

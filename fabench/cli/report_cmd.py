@@ -45,14 +45,20 @@ def table(
     metric: Annotated[str, typer.Option(help="top1-err, top5-err, top1, top5, best-top1, best-top5, best-top1-err, test-at-best-val, test-at-best-val-err, train-loss, first-train-loss, train-time, images-per-s, alignment (mean δx angle to backprop).")] = "top1-err",
     fmt: Annotated[str, typer.Option("--format", help="rich, markdown, csv or latex.")] = "rich",
     compare: Annotated[str | None, typer.Option(help="'published': show published numbers beside, with the difference.")] = None,
+    vs: Annotated[str | None, typer.Option("--vs", help="A rule, e.g. bp: show each rule's paired difference from it over matched seeds, with its 95 % interval.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
 ) -> None:
-    """Mean ± std over seeds of a metric, per arch × rule for each dataset (by default)."""
+    """Mean and 95 % interval over seeds of a metric, per arch × rule for each dataset (by default)."""
     from fabench.errors import FabenchError, unknown_choice
     from fabench.report import table as tables
 
     if fmt not in tables.FORMATS:
         raise unknown_choice("format", fmt, tables.FORMATS)
+    if compare is not None and compare != "published":
+        raise FabenchError(f"--compare takes 'published', got '{compare}'")
+    if vs is not None and (compare is not None or metric == "alignment"):
+        raise FabenchError("--vs compares rules on a result metric; it cannot go with --compare or --metric alignment")
+    tables.check_metric(metric, compare=compare is not None)
     if output is not None and fmt == "rich":
         raise FabenchError("--format rich prints to the terminal; use --format markdown, csv or latex with --output")
     if output is not None:
@@ -61,8 +67,6 @@ def table(
         check_output_file(output, "--output")
     frame = _load_runs(results_dir, task=task, rule=rule, arch=arch, dataset=dataset)
     if compare is not None:
-        if compare != "published":
-            raise FabenchError(f"--compare takes 'published', got '{compare}'")
         if rows or cols or by:
             raise FabenchError("--compare published lays out dataset/arch/rule/optimizer rows itself; drop --rows/--cols/--by")
         blocks = tables.build_comparison(frame, metric_name=metric)
@@ -75,7 +79,7 @@ def table(
             typer.echo(f"fabench: warning: {message}", err=True)
     else:
         blocks = tables.build_blocks(frame, rows=_split(rows) or ["arch"], cols=_split(cols) or ["rule"],
-                                     by=_split(by) if by is not None else ["dataset"], metric_name=metric)
+                                     by=_split(by) if by is not None else ["dataset"], metric_name=metric, vs=vs)
     if fmt == "rich":
         from rich.console import Console
 
@@ -107,27 +111,27 @@ def plot(
     """Test accuracy and loss against epoch per rule (mean ± std over seeds), one column per dataset/arch;
     or, with KIND alignment, per-layer δx angle to backprop and error norm, one column per rule."""
     from fabench.errors import FabenchError
-    from fabench.report.plot import plot_curves
+    from fabench.report.plot import default_plot_path, plot_curves
 
     if kind not in ("curves", "alignment"):
         raise FabenchError(f"plot KIND must be curves or alignment, got '{kind}'")
     if out is not None and out.suffix.lower() != ".png":
         raise FabenchError(f"--out must end in .png, got '{out}'")
-    from fabench.train.records import check_output_file
+    from fabench.train.records import check_output_file, disk_errors
 
     if out is not None:
         check_output_file(out, "--out")
     frame = _load_runs(results_dir, task=task, rule=rule, arch=arch, dataset=dataset)
     if out is None:
-        tasks = sorted(set(map(str, frame["task"])))
-        out = results_dir / f"{tasks[0] if len(tasks) == 1 else 'all'}-{kind}.png"
+        out = default_plot_path(results_dir, sorted(set(map(str, frame["task"]))), kind)
         check_output_file(out, "--out")
-    if kind == "alignment":  # per-layer diagnostics: fabench.report.alignment
-        from fabench.report.alignment import parse_epochs, plot_alignment
+    with disk_errors(out.parent):
+        if kind == "alignment":  # per-layer diagnostics: fabench.report.alignment
+            from fabench.report.alignment import parse_epochs, plot_alignment
 
-        path, skipped = plot_alignment(frame, results_dir, out, epochs=parse_epochs(epochs))
-    else:
-        path, skipped = plot_curves(frame, results_dir, out)
+            path, skipped = plot_alignment(frame, results_dir, out, epochs=parse_epochs(epochs))
+        else:
+            path, skipped = plot_curves(frame, results_dir, out)
     for message in skipped:
         typer.echo(f"fabench: warning: {message}", err=True)
     typer.echo(f"wrote {path}")

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from fabench.cli import app
+from fabench.cli.single_use import SingleUseCommand
 from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
 
@@ -69,7 +70,7 @@ def build_config(values: dict) -> RunConfig:
     return RunConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
-@app.command("run")
+@app.command("run", cls=SingleUseCommand)
 def run_command(
     ctx: typer.Context,
     rule: Annotated[str | None, typer.Option(help="Feedback rule, e.g. bp, fa, fa-usf-sn+const.", show_default=_default("rule"))] = None,
@@ -140,7 +141,7 @@ def run_command(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-@app.command("eval")
+@app.command("eval", cls=SingleUseCommand)
 def eval_command(
     run_dir: Annotated[str, typer.Argument(help="A run folder, results/<task>/<run_id>.")],
     dataset: Annotated[str, typer.Option(help="Dataset name or .npz path (x_test, y_test alone is enough).")],

@@ -16,10 +16,18 @@ from rich.console import Console
 
 from fabench.cli import app
 from fabench.cli.ls import ls_app
+from fabench.cli.single_use import SingleUseCommand
 
 TasksDirOption = Annotated[
     list[Path] | None,
     typer.Option("--tasks-dir", help="Folder of task files (repeatable); replaces the default ./tasks and the source tree's tasks/."),
+]
+
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Where the tuning studies live: an SQLAlchemy URL or journal:PATH (Optuna's "
+                                    "journal file, for shared file systems) (default: sqlite under RESULTS_DIR/tune/)."),
 ]
 
 
@@ -71,7 +79,7 @@ def _print_tasks(rows: list[tuple[str, str, str, str]]) -> None:
     console.print(table)
 
 
-@app.command("validate")
+@app.command("validate", cls=SingleUseCommand)
 def validate(
     files: Annotated[list[str] | None, typer.Argument(help="Task files or task names; default: every file in the task folders.")] = None,
     tasks_dir: TasksDirOption = None,
@@ -133,7 +141,7 @@ def _describe(report) -> str:
     return f"{where}\t{report.task.name} v{report.task.version}\t{cells} cells"
 
 
-@app.command("grid")
+@app.command("grid", cls=SingleUseCommand)
 def grid(
     task: Annotated[str, typer.Argument(help="Task name (see `fabench ls tasks`) or path to a task file.")],
     results_dir: Annotated[Path, typer.Option("--results-dir", help="Where runs.csv and run folders go.")] = Path("results"),
@@ -152,6 +160,8 @@ def grid(
     force: Annotated[bool, typer.Option(help="Rerun cells that already finished.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of a progress bar.")] = False,
     tasks_dir: TasksDirOption = None,
+    tuned: Annotated[bool | None, typer.Option("--tuned/--untuned", help="Run each cell with its rule's tuned settings from `fabench tune` (default: the task's 'tuned:').")] = None,
+    storage: StorageOption = None,
     launcher: Annotated[str, typer.Option(help="local (worker processes here) or submitit (a SLURM job array; pip install 'fabench\\[slurm]').")] = "local",
     slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition of the array's jobs.", rich_help_panel="SLURM (--launcher submitit)")] = None,
     slurm_time: Annotated[str | None, typer.Option(help="Time limit per cell: minutes or a SLURM time such as 4:00:00 or 1-00:00:00 (default 4:00:00).", rich_help_panel="SLURM (--launcher submitit)")] = None,
@@ -193,6 +203,12 @@ def grid(
     if not cells:
         typer.echo(f"fabench: no cell of task '{loaded.name}' matches the filters", err=True)
         raise SystemExit(1)
+    if loaded.tuned if tuned is None else tuned:
+        from fabench.tasks.tune import storage_url, tuned_cells
+
+        cells = tuned_cells(cells, loaded, loaded.tune, storage_url(results_dir, loaded, storage))
+    elif storage:
+        raise FabenchError("--storage names the tuning studies; it needs --tuned")
     if dry_run:
         dry_run_report(loaded, cells, results_dir, force=force)
         return

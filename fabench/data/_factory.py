@@ -11,8 +11,7 @@ gets ``cifar`` if it has 3 channels and ``none`` otherwise. ``augment=`` overrid
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ from fabench.data._dataset import (
     take_train_subset,
     take_validation_split,
 )
-from fabench.data._imagenet import FolderDataset, load_folder_dataset
+from fabench.data._fingerprint import file_digest
+from fabench.data._imagenet import FolderDataset, folder_fingerprint, load_folder_dataset
 from fabench.data._npz import read_npz
-from fabench.data._torchvision import read_torchvision
+from fabench.data._torchvision import files_fingerprint, read_torchvision
 from fabench.errors import FabenchError, unknown_choice
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -42,6 +42,8 @@ class DatasetSpec:
     #: default augmentation policy; None = decide from the channel count
     augment: str | None
     jpeg_sample: bool = False
+    #: what in data_dir decides the data, for the run id (None: nothing, or the official files)
+    fingerprint: Callable[[Path], str | None] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -49,6 +51,10 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 def _torchvision_reader(name: str) -> Callable[[Path], Splits]:
     return lambda data_dir: read_torchvision(name, data_dir)
+
+
+def _torchvision_fingerprint(name: str) -> Callable[[Path], str | None]:
+    return lambda data_dir: files_fingerprint(name, data_dir)
 
 
 def read_embedded(name: str) -> Splits:
@@ -66,8 +72,8 @@ def _embedded_reader(name: str) -> Callable[[Path], Splits]:
     return lambda data_dir: read_embedded(name)
 
 
-def _register(name: str, description: str, read, augment: str | None, jpeg_sample=False) -> None:
-    DATASETS.register(name, DatasetSpec(description, read, augment, jpeg_sample))
+def _register(name: str, description: str, read, augment: str | None, jpeg_sample=False, fingerprint=None) -> None:
+    DATASETS.register(name, DatasetSpec(description, read, augment, jpeg_sample, fingerprint))
 
 
 _register(
@@ -75,30 +81,35 @@ _register(
     "MNIST digits, 60000/10000, 1x28x28 (torchvision files in DATA_DIR/MNIST)",
     _torchvision_reader("mnist"),
     "mnist",
+    fingerprint=_torchvision_fingerprint("mnist"),
 )
 _register(
     "fashion-mnist",
     "Fashion-MNIST, 60000/10000, 1x28x28 (torchvision files in DATA_DIR/FashionMNIST)",
     _torchvision_reader("fashion-mnist"),
     "mnist",
+    fingerprint=_torchvision_fingerprint("fashion-mnist"),
 )
 _register(
     "cifar10",
     "CIFAR-10, 50000/10000, 3x32x32 (torchvision files in DATA_DIR/cifar-10-batches-py)",
     _torchvision_reader("cifar10"),
     "cifar",
+    fingerprint=_torchvision_fingerprint("cifar10"),
 )
 _register(
     "cifar100",
     "CIFAR-100, 50000/10000, 3x32x32 (torchvision files in DATA_DIR/cifar-100-python)",
     _torchvision_reader("cifar100"),
     "cifar",
+    fingerprint=_torchvision_fingerprint("cifar100"),
 )
 _register(
     "imagenet",
     "ImageNet-1k as ImageFolder DATA_DIR/{train,val}, streamed by DataLoader workers",
     None,
     "imagenet",
+    fingerprint=folder_fingerprint,
 )
 _register(
     "cifar10-mini",
@@ -125,31 +136,26 @@ def _is_npz_path(name: str) -> bool:
     return name.endswith(".npz") or "/" in name
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file's bytes (cached per path, size and modification time)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dataset_identity(name: str) -> str:
-    """What identifies a dataset in a run's id: its name, or for a file its content hash.
+def dataset_identity(name: str, data_dir: str | Path = "data") -> str:
+    """What identifies a dataset in a run's id: its name, or the files that decide its data.
 
     Two different ``d.npz`` files in two folders are two datasets, and one file reached by two
     spellings of its path is one; so a file dataset is identified by its bytes, not its path.
-    A missing file keeps its name (the run's preflight reports it).
+    Likewise a dataset read from ``data_dir`` adds its files' fingerprint to its name, unless
+    they are the official files (see :attr:`DatasetSpec.fingerprint`). A missing file keeps
+    its name (the run's preflight reports it).
     """
-    if name in DATASETS or not _is_npz_path(name):
+    if name in DATASETS:
+        fingerprint = DATASETS.get(name).fingerprint
+        found = fingerprint(Path(data_dir)) if fingerprint else None
+        return f"{name} {found}" if found else name
+    if not _is_npz_path(name):
         return name
     path = Path(name).expanduser()
     try:
-        stat = path.stat()
+        return f"npz sha256:{file_digest(path)}"
     except OSError:
         return name
-    return f"npz sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
 
 
 def check_dataset(name: str) -> str:
@@ -163,6 +169,29 @@ def check_dataset(name: str) -> str:
             )
         return name
     raise unknown_choice("dataset", name, [*DATASETS, NPZ_HINT])
+
+
+def _label_list(labels: set[int]) -> str:
+    shown = sorted(labels)
+    return ", ".join(map(str, shown[:10])) + (", ..." if len(shown) > 10 else "")
+
+
+def check_classes(splits: Splits, name: str) -> None:
+    """Refuse a training split with fewer than two classes (every model scores 100 % on it);
+    warn on stderr when the training and test splits hold different classes. An evaluation-only
+    set (no training split) is not checked."""
+    if not len(splits.y_train):
+        return
+    train = set(splits.y_train.unique().tolist())
+    if len(train) < 2:
+        raise FabenchError(f"dataset {name}: the training split holds {len(train)} class (label "
+                           f"{_label_list(train)}); a classification benchmark needs at least two")
+    test = set(splits.y_test.unique().tolist())
+    if train != test:
+        parts = [f"only in train: {_label_list(train - test)}" if train - test else "",
+                 f"only in test: {_label_list(test - train)}" if test - train else ""]
+        print(f"fabench: warning: dataset {name}: train and test splits hold different classes "
+              f"({'; '.join(p for p in parts if p)})", file=sys.stderr)
 
 
 def default_augment(base: str | None, in_chans: int, image_size: int) -> str:
@@ -241,6 +270,7 @@ def load_dataset(
     else:
         spec = DatasetSpec(f"dataset file {name}", None, None)
         splits = read_npz(name)
+    check_classes(splits, name)
     if augment is not None:
         from fabench.data._augment import get_policy
 

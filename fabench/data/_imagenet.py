@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from fabench.data._dataset import balanced_subset
+from fabench.data._fingerprint import tree_fingerprint
 from fabench.errors import FabenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,6 +41,17 @@ def find_root(data_dir: str | Path) -> Path:
         f"imagenet not found: expected ImageFolder directories {base}/train and {base}/val "
         f"(or {base}/imagenet/train, .../val), one sub-folder per class; pass --data-dir"
     )
+
+
+def folder_fingerprint(data_dir: str | Path) -> str | None:
+    """The names, sizes and modification times of the tree's train/ and val/ files, as one
+    hash (its images decide the data); None when there is no tree (loading reports it)."""
+    try:
+        root = find_root(data_dir)
+    except FabenchError:
+        return None
+    train, val = (tree_fingerprint(str((root / split).resolve())) for split in ("train", "val"))
+    return f"train {train} val {val}"
 
 
 def class_folders(split_dir: Path) -> tuple[str, ...]:
@@ -167,8 +179,9 @@ def load_folder_dataset(
     """Check the tree's layout (cheap: class folders only) and describe it."""
     root = find_root(data_dir)
     classes = class_folders(root / "train")
-    if not classes:
-        raise FabenchError(f"{root}/train has no class folders; expected train/<class>/<images>")
+    if len(classes) < 2:
+        raise FabenchError(f"{root}/train has {len(classes)} class folder(s); a classification benchmark needs "
+                           "at least two (train/<class>/<images>)")
     if class_folders(root / "val") != classes:
         raise FabenchError(f"{root}/val must have the same class folders as {root}/train")
     if subset is not None and subset < 1:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fabench.data._dataset import Splits
+from fabench.data._fingerprint import content_fingerprint, file_digest, gunzip_digest
 from fabench.errors import FabenchError
 
 #: fabench name -> torchvision.datasets class name
@@ -53,6 +54,36 @@ def expected_location(name: str, root: Path) -> tuple[Path, str]:
     raw = root / cls.__name__ / "raw"
     files = ", ".join(Path(url).stem for url, _ in cls.resources)
     return raw, f"download {files} (.gz) from {cls.mirrors[0]} and gunzip them into {raw}"
+
+
+def _is_official(raw: Path, url: str, md5: str) -> bool:
+    """True when ``raw`` is the decompressed copy of the official archive kept beside it (as
+    torchvision's download leaves it: ``raw/<file>.gz``, checked against its published md5)."""
+    official = gunzip_digest(raw.parent / Path(url).name, md5)
+    return official is not None and official == file_digest(raw)
+
+
+def files_fingerprint(name: str, data_dir: str | Path) -> str | None:
+    """What in ``data_dir`` decides dataset ``name``'s data, for its run id; None for the official files.
+
+    CIFAR-10/100: always None, as torchvision checks every file's md5 when it opens them (it
+    refuses anything else). MNIST and Fashion-MNIST: torchvision reads whatever IDX files lie
+    in ``raw/`` (or its older ``processed/*.pt``), so those are hashed, unless they are
+    missing (a download brings the official ones) or match the official archives beside them.
+    """
+    cls = _dataset_class(name)
+    if hasattr(cls, "base_folder"):
+        return None
+    folder = Path(data_dir).expanduser() / cls.__name__
+    legacy = [folder / "processed" / cls.training_file, folder / "processed" / cls.test_file]
+    if all(path.is_file() for path in legacy):  # torchvision reads these first when present
+        return content_fingerprint(legacy, folder)
+    raw = [(folder / "raw" / Path(url).stem, url, md5) for url, md5 in cls.resources]
+    if not all(path.is_file() for path, _, _ in raw):
+        return None
+    if all(_is_official(path, url, md5) for path, url, md5 in raw):
+        return None
+    return content_fingerprint([path for path, _, _ in raw], folder)
 
 
 def _open(name: str, root: Path, train: bool, download: bool = False):

@@ -4,20 +4,20 @@ Each run's ``curves.csv`` (``results/<task>/<run_id>/curves.csv``, tidy rows wri
 :mod:`fabench.train.curves`) gives per-epoch values; runs that differ only in seed are drawn as
 one line (the mean) with a band of ± one standard deviation. Lines are per rule (plus any
 setting that differs between runs of a panel, e.g. optimizer). The PNG is written with the Agg
-backend to a temporary file and moved into place, so a failed plot leaves no partial file.
+backend to a temporary file and moved into place, so a failed plot leaves no partial file; it
+gets the mode the umask gives, like every other file fabench writes.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from fabench.errors import FabenchError
 from fabench.report.table import is_jpeg_sample, split_columns
+from fabench.train.records import TASK_NAME, atomic_write
 
 JPEG_SHORT_NOTE = "{name}: JPEG-re-encoded CIFAR-10 sample, not the original dataset"
 #: (split, metric) of the curves drawn, with the axis label of each row of panels.
@@ -146,11 +146,18 @@ def _figure_title(frame) -> str:
 def _save_atomic(fig, out: Path) -> None:
     """Write the PNG beside its destination, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda handle: fig.savefig(handle, dpi=120, format="png"))
+
+
+def default_plot_path(results_dir: Path, tasks: list[str], kind: str) -> Path:
+    """``RESULTS_DIR/<task>-<kind>.png`` for one task (``all-<kind>.png`` for several).
+
+    The task comes from runs.csv, so it is data: a name that is not a plain folder name (``..``,
+    a ``/``) is refused rather than allowed to place the figure outside the results folder.
+    """
+    if len(tasks) != 1:
+        return results_dir / f"all-{kind}.png"
+    if not TASK_NAME.fullmatch(tasks[0]):
+        raise FabenchError(f"runs.csv names task {tasks[0][:60]!r}, which is not a task name (letters, digits, "
+                           "'.', '_', '-'); give the figure's path with --out")
+    return results_dir / f"{tasks[0]}-{kind}.png"

@@ -1,9 +1,15 @@
-"""Result tables from runs.csv: mean ± std over seeds, in rich, markdown, csv or LaTeX.
+"""Result tables from runs.csv: mean and 95 % interval over seeds, in rich, markdown, csv or LaTeX.
 
 Layout: one block per value of the ``by`` columns (default: dataset), ``rows`` down the side
-(default: arch) and ``cols`` across (default: rule). Runs that trained to the end enter the
-statistics: ``finished`` ones, and ``unstable`` ones (their loss rose), which mark the cell with
-a dagger and a footnote so that they are never averaged in silently; a cell also says how many
+(default: arch) and ``cols`` across (default: rule). A cell reads ``mean ± h (n)``: h is the
+half-width of the 95 % confidence interval of the mean over its n seeds (Student's t,
+:mod:`fabench.report.stats`). In each row the best cell is in bold where it is separated from
+every other (intervals that do not overlap); cells whose interval overlaps the best one's are
+marked ``≈``: the table does not rank them. ``vs`` shows each rule's paired difference from a
+reference rule over matched seeds instead. Runs that trained to the end enter the
+statistics: ``finished`` ones, ``unstable`` ones (their loss rose) and ``no-learning`` ones (at
+chance), which mark the cell (``†``, ``‡``) and a footnote so that they are never averaged in
+silently; ``*`` marks cells run with tuned settings; a cell also says how many
 of its runs diverged or failed. If runs that land in one
 cell differ in another setting (say optimizer, in a grid with sgd and adam variants), the
 blocks are split by that setting too, so different experiments are never averaged together.
@@ -42,6 +48,11 @@ class Metric:
     label: str
     error: bool = False
     digits: int = 2
+    lower_is_better: bool = False
+
+    @property
+    def better_low(self) -> bool:
+        return self.error or self.lower_is_better
 
 
 METRICS = {
@@ -54,9 +65,9 @@ METRICS = {
     "best-top1-err": Metric("best_top1", "best-epoch top-1 error (%)", error=True),
     "test-at-best-val": Metric("test_top1_at_best_val", "test top-1 accuracy at the best-validation epoch (%)"),
     "test-at-best-val-err": Metric("test_top1_at_best_val", "test top-1 error at the best-validation epoch (%)", error=True),
-    "train-loss": Metric("final_train_loss", "final training loss", digits=3),
-    "first-train-loss": Metric("first_train_loss", "first-epoch training loss", digits=3),
-    "train-time": Metric("train_time_s", "train time (s)", digits=1),
+    "train-loss": Metric("final_train_loss", "final training loss", digits=3, lower_is_better=True),
+    "first-train-loss": Metric("first_train_loss", "first-epoch training loss", digits=3, lower_is_better=True),
+    "train-time": Metric("train_time_s", "train time (s)", digits=1, lower_is_better=True),
     "images-per-s": Metric("images_per_s", "training throughput (images/s)", digits=0),
 }
 
@@ -142,11 +153,11 @@ def _metric_values(frame, metric: Metric):
     return 100.0 - values if metric.error else values
 
 
-def _format_stat(mean: float, std: float, n: int, digits: int) -> str:
-    """'mean ± std (n)', or 'mean (1)' for a single run."""
+def _format_stat(mean: float, half: float, n: int, digits: int, sign: str = "") -> str:
+    """'mean ± h (n)' (h: the 95 % interval's half-width), or 'mean (1)' for a single run."""
     if n == 0:
         return ""
-    return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})" if n > 1 else f"{mean:.{digits}f} ({n})"
+    return f"{mean:{sign}.{digits}f} ± {half:.{digits}f} ({n})" if n > 1 else f"{mean:{sign}.{digits}f} ({n})"
 
 
 #: The mark of a cell holding unstable runs, and its footnote.
@@ -154,28 +165,58 @@ DAGGER = "†"
 UNSTABLE_NOTE = (f"{DAGGER}k: k of the cell's runs are unstable (their final training loss is above the first "
                  f"epoch's by more than {100 * (schema.UNSTABLE_RISE_FACTOR - 1):g} %, or above {schema.UNSTABLE_LOSS_FACTOR:g}·ln(classes), or an epoch's went above "
                  f"{schema.UNSTABLE_PEAK_FACTOR:g}·ln(classes)); they are included in the mean; see their curves.csv.")
+#: The mark of a cell holding runs that did not learn, and its footnote.
+DOUBLE_DAGGER = "‡"
+NO_LEARNING_NOTE = (f"{DOUBLE_DAGGER}k: k of the cell's runs did not learn (final test top-1 below "
+                    f"{schema.NO_LEARNING_ACCURACY_FACTOR:g}x chance and a training loss that never fell below "
+                    f"{schema.NO_LEARNING_LOSS_FRACTION:g}·ln(classes)); they are included in the mean; see their "
+                    "curves.csv and alignment angles.")
+TUNED_MARK = "§"
+#: Prefix of a cell text shown in bold (each renderer turns it into its own bold).
+BOLD = "\x02"
+TUNED_NOTE = (f"{TUNED_MARK}: run with the settings `fabench tune` chose for the cell (the same trials x epochs for "
+              "every rule, on validation images); the manifest names the study and trial.")
+TIE_MARK = "≈"
+TIE_NOTE = (f"bold: the row's best, separated from every other cell (95 % intervals do not overlap); {TIE_MARK}: "
+            "the interval overlaps the best cell's: not separated from it, so not ranked.")
 
 
 def _cell_stats(frame, metric: Metric) -> dict:
-    """Mean, std (sample), n over runs that trained to the end, unstable ones counted, other statuses counted."""
+    """Mean, std (sample), 95 % half-width and n over runs that trained to the end; unstable and
+    no-learning ones counted, other statuses counted; the values by seed (for paired differences)."""
+    from fabench.report.stats import interval
+
     done = frame[frame["status"].isin(schema.DONE_STATUSES)]
-    values = _metric_values(done, metric).dropna()
+    values = _metric_values(done, metric)
+    by_seed = {str(seed): float(v) for seed, v in zip(done["seed"], values, strict=True) if v == v}
+    values = values.dropna()
     others = frame.loc[~frame["status"].isin(schema.DONE_STATUSES), "status"].value_counts().to_dict()
-    n = int(values.size)
+    mean, half, n = interval(values.tolist())
+    tuned = frame.get("tuned", [])
     return {
-        "mean": float(values.mean()) if n else float("nan"),
+        "mean": mean,
         "std": float(values.std(ddof=1)) if n > 1 else float("nan"),
+        "ci95": half,
         "n": n,
         "unstable": int((done["status"] == "unstable").sum()),
+        "no_learning": int((done["status"] == "no-learning").sum()),
+        "tuned": any(isinstance(t, str) and t not in ("", "-") for t in tuned),
         "others": {str(k): int(v) for k, v in others.items()},
+        "by_seed": by_seed,
     }
 
 
-def _cell_text(stats: dict, metric: Metric) -> str:
-    """A table cell: the statistics, a dagger for unstable runs, and counts of runs that did not finish."""
-    text = _format_stat(stats["mean"], 0.0 if stats["std"] != stats["std"] else stats["std"], stats["n"], metric.digits)
+def _cell_text(stats: dict, metric: Metric, sign: str = "") -> str:
+    """A table cell: the statistics, marks for unstable, no-learning and tuned runs, and counts of
+    runs that did not finish."""
+    half = 0.0 if stats["ci95"] != stats["ci95"] else stats["ci95"]
+    text = _format_stat(stats["mean"], half, stats["n"], metric.digits, sign)
+    if stats.get("tuned"):
+        text += TUNED_MARK
     if stats["unstable"]:
         text += f" {DAGGER}{stats['unstable']}"
+    if stats.get("no_learning"):
+        text += f" {DOUBLE_DAGGER}{stats['no_learning']}"
     extra = ", ".join(f"{v} {k}" for k, v in stats["others"].items())
     if not extra:
         return text
@@ -204,13 +245,19 @@ def _natural_order(keys) -> list[tuple]:
 
     return sorted(dict.fromkeys(keys), key=lambda key: [natural_key(str(part)) for part in key])
 
-def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metric_name: str) -> list[Block]:
-    """Group runs into blocks (``by``) of rows × cols cells with statistics over seeds."""
+def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metric_name: str,
+                 vs: str | None = None) -> list[Block]:
+    """Group runs into blocks (``by``) of rows × cols cells with statistics over seeds; with ``vs``
+    (a rule), each cell shows its paired difference from that rule's cell in the same row."""
     metric = _metric(metric_name)
     for names, option in ((rows, "--rows"), (cols, "--cols"), (by, "--by")):
         _check_columns(names, option)
+    if vs is not None and cols != ["rule"]:
+        raise FabenchError("--vs compares rules: it needs the rules across the top (--cols rule, the default)")
     if frame.empty:
         raise FabenchError("no runs match the filters")
+    if vs is not None and vs not in set(frame["rule"]):
+        raise unknown_choice("rule to compare with (--vs)", vs, sorted(set(frame["rule"])))
     extra = split_columns(frame, by + rows + cols)
     by = by + extra
     frame = _as_key_text(frame, by + rows + cols)
@@ -227,24 +274,77 @@ def build_blocks(frame, *, rows: list[str], cols: list[str], by: list[str], metr
         header = [" / ".join(rows)] + [" / ".join(map(str, c)) for c in col_keys]
         body, records = [], []
         for r in row_keys:
-            line = [" / ".join(map(str, r))]
-            for c in col_keys:
-                sub = cells.get(tuple(r) + tuple(c))
-                if sub is None:
-                    line.append("")
-                    continue
-                stats = _cell_stats(sub, metric)
-                line.append(_cell_text(stats, metric))
-                records.append(_record(by, by_values, rows, r, cols, c, metric_name, stats, sub))
-            body.append(line)
-        notes = [f"{metric.label}; mean ± std over seeds (n runs that trained to the end)."]
-        if any(r["unstable"] for r in records):
-            notes.append(UNSTABLE_NOTE)
-        if extra:
-            notes.append(f"split by {', '.join(extra)}: runs in one cell differed in {'it' if len(extra) == 1 else 'them'}.")
-        notes += _dataset_notes(part["dataset"])
-        blocks.append(Block(_title(by, by_values), header, body, notes, records))
+            stats = {c: _cell_stats(cells[tuple(r) + tuple(c)], metric) for c in col_keys if tuple(r) + tuple(c) in cells}
+            if vs is not None:
+                texts = _paired_texts(stats, (vs,), metric)
+            elif cols == ["rule"]:  # rules are ranked against each other, nothing else is
+                texts = _ranked_texts(stats, metric)
+            else:
+                texts = {c: _cell_text(s_, metric) for c, s_ in stats.items()}
+            body.append([" / ".join(map(str, r))] + [texts.get(c, "") for c in col_keys])
+            records += [_record(by, by_values, rows, r, cols, c, metric_name, stats[c], cells[tuple(r) + tuple(c)])
+                        for c in col_keys if c in stats]
+        blocks.append(Block(_title(by, by_values), header, body, _block_notes(metric, records, extra, part, vs), records))
     return blocks
+
+
+def _ranked_texts(stats: dict, metric: Metric) -> dict:
+    """Cell texts of one row: the best in bold where separated from all others, ties with it marked."""
+    from fabench.report.stats import separated
+
+    texts = {c: _cell_text(s, metric) for c, s in stats.items()}
+    scored = {c: s for c, s in stats.items() if s["n"]}
+    if len(scored) < 2:
+        return texts
+    pick = min if metric.better_low else max
+    best = pick(scored, key=lambda c: scored[c]["mean"])
+    interval_of = {c: (s["mean"], s["ci95"], s["n"]) for c, s in scored.items()}
+    for c in scored:
+        if c != best and not separated(interval_of[c], interval_of[best]):
+            texts[c] = f"{TIE_MARK}{texts[c]}"
+            scored[c]["tie"] = True
+    if not any(s.get("tie") for s in scored.values()):
+        texts[best] = BOLD + texts[best]
+        scored[best]["best"] = True
+    return texts
+
+
+def _paired_texts(stats: dict, reference: tuple, metric: Metric) -> dict:
+    """Cell texts of one row under ``--vs``: each rule minus the reference over matched seeds."""
+    from fabench.report.stats import paired
+
+    ref = stats.get(reference)
+    texts = {}
+    for c, s in stats.items():
+        if c == reference:
+            texts[c] = "reference"
+            continue
+        if ref is None:
+            texts[c] = "no reference runs"
+            continue
+        mean, half, n = paired(s["by_seed"], ref["by_seed"])
+        s.update(diff_mean=mean, diff_ci95=half, diff_n=n)
+        text = _format_stat(mean, 0.0 if half != half else half, n, metric.digits, "+")
+        separated = half == half and abs(mean) > half
+        texts[c] = (text + ("" if separated else " (not separated)")) if n else "no matched seeds"
+    return texts
+
+
+def _block_notes(metric: Metric, records: list[dict], extra: list[str], part, vs: str | None) -> list[str]:
+    """The footnotes of one block: what a cell shows, and each mark that occurs in it."""
+    if vs is None:
+        notes = [f"{metric.label}; mean ± half-width of the 95 % confidence interval over seeds (Student's t; "
+                 "n runs that trained to the end)."]
+        notes += [TIE_NOTE] if any(r["best"] or r["tied_with_best"] for r in records) else []
+    else:
+        notes = [f"{metric.label}: each rule minus {vs}, paired over the seeds both ran; mean ± half-width of the "
+                 "95 % interval of the difference (n pairs); 'not separated': the interval includes 0."]
+    for key, note in (("unstable", UNSTABLE_NOTE), ("no_learning", NO_LEARNING_NOTE), ("tuned", TUNED_NOTE)):
+        if any(r.get(key) for r in records):
+            notes.append(note)
+    if extra:
+        notes.append(f"split by {', '.join(extra)}: runs in one cell differed in {'it' if len(extra) == 1 else 'them'}.")
+    return notes + _dataset_notes(part["dataset"])
 
 
 def _record(by, by_values, rows, r, cols, c, metric_name, stats, sub) -> dict:
@@ -254,8 +354,11 @@ def _record(by, by_values, rows, r, cols, c, metric_name, stats, sub) -> dict:
     record.update(zip(cols, c, strict=True))
     datasets = sub["dataset"].unique()
     record.update({
-        "metric": metric_name, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
-        "unstable": stats["unstable"], "not_finished": ";".join(f"{k}={v}" for k, v in stats["others"].items()),
+        "metric": metric_name, "mean": stats["mean"], "std": stats["std"], "ci95": stats["ci95"], "n": stats["n"],
+        "unstable": stats["unstable"], "no_learning": stats["no_learning"], "tuned": stats["tuned"],
+        "best": stats.get("best", False), "tied_with_best": stats.get("tie", False),
+        **{key: stats[key] for key in ("diff_mean", "diff_ci95", "diff_n") if key in stats},
+        "not_finished": ";".join(f"{k}={v}" for k, v in stats["others"].items()),
         "note": " ".join(_dataset_notes(datasets)),
     })
     return record
@@ -268,16 +371,23 @@ def _metric(name: str) -> Metric:
     return METRICS[name]
 
 
+def check_metric(name: str, *, compare: bool = False) -> None:
+    """Refuse a metric ``fabench table`` cannot show (or, with ``compare``, cannot set beside
+    published numbers) before any results are read."""
+    column = "" if name == "alignment" else _metric(name).column
+    if compare and column not in SELECTION_COLUMNS.values():
+        raise FabenchError(f"published numbers are top-1 error; with --compare published use --metric top1-err "
+                           f"or top1 (or best-top1-err, test-at-best-val-err, ...), not '{name}'")
+
+
 def build_comparison(frame, *, metric_name: str) -> list[Block]:
     """One block per dataset: measured vs published, with difference, for every matched group.
 
     Each group is measured with the selection rule of the number it is compared with (see the
     module docstring); ``metric_name`` chooses error or accuracy.
     """
+    check_metric(metric_name, compare=True)
     metric = _metric(metric_name)
-    if metric.column not in SELECTION_COLUMNS.values():
-        raise FabenchError(f"published numbers are top-1 error; with --compare published use --metric top1-err "
-                           f"or top1 (or best-top1-err, test-at-best-val-err, ...), not '{metric_name}'")
     if frame.empty:
         raise FabenchError("no runs match the filters")
     published = load_published()
@@ -309,15 +419,17 @@ def build_comparison(frame, *, metric_name: str) -> list[Block]:
                                "" if pub_value is None else f"{pub_value:.2f}",
                                "" if delta is None else f"{delta:+.2f}", source])
             block.records.append({**named, "metric": metric_name, "selection": selection, "mean": stats["mean"],
-                                  "std": stats["std"], "n": stats["n"], "unstable": stats["unstable"],
+                                  "std": stats["std"], "ci95": stats["ci95"], "n": stats["n"], "unstable": stats["unstable"],
+                                  "no_learning": stats["no_learning"], "tuned": stats["tuned"],
                                   "published": pub_value, "delta": delta, "source": source,
                                   "note": " ".join(_dataset_notes([dataset]))})
         kind = "error" if metric.error else "accuracy"
         block.notes.append(f"test top-1 {kind} (%) at the epoch the published source selects (selection: final "
-                           "epoch, best test epoch, or test at the best-validation epoch); measured: mean ± std over "
-                           "seeds (n runs); Δ = measured - published.")
-        if any(r["unstable"] for r in block.records):
-            block.notes.append(UNSTABLE_NOTE)
+                           "epoch, best test epoch, or test at the best-validation epoch); measured: mean ± half-width of "
+                           "the 95 % interval over seeds (Student's t; n runs); Δ = measured - published.")
+        for key, note in (("unstable", UNSTABLE_NOTE), ("no_learning", NO_LEARNING_NOTE), ("tuned", TUNED_NOTE)):
+            if any(r[key] for r in block.records):
+                block.notes.append(note)
         if base_dataset(dataset) != dataset:
             block.notes.append(f"published numbers are for {base_dataset(dataset)}, measured on {dataset}.")
         block.notes += _dataset_notes([dataset])
@@ -351,16 +463,21 @@ def render_rich(blocks: list[Block], console) -> None:
         for i, name in enumerate(block.header):
             table.add_column(name, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
         for line in block.body:
-            table.add_row(*line)
+            table.add_row(*(_bold(cell, "[bold]{}[/bold]") for cell in line))
         console.print(table)
         for note in block.notes:
             console.print(f"  {note}", highlight=False)
         console.print()
 
 
+def _bold(cell: str, form: str) -> str:
+    """A cell's text, put in ``form`` (e.g. ``**{}**``) if it is marked bold."""
+    return form.format(cell[len(BOLD):]) if cell.startswith(BOLD) else cell
+
+
 def _md_escape(text: str) -> str:
-    """Escape the pipe, the only character that breaks a markdown table cell."""
-    return text.replace("|", "\\|")
+    """Escape the pipe, the only character that breaks a markdown table cell; bold as **...**."""
+    return _bold(text.replace("|", "\\|"), "**{}**")
 
 
 def render_markdown(blocks: list[Block]) -> str:
@@ -409,7 +526,7 @@ def render_latex(blocks: list[Block]) -> str:
         out += [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
         out.append(" & ".join(map(_latex_escape, block.header)) + r" \\")
         out.append(r"\midrule")
-        out += [" & ".join(map(_latex_escape, line)) + r" \\" for line in block.body]
+        out += [" & ".join(_bold(_latex_escape(cell), r"\textbf{{{}}}") for cell in line) + r" \\" for line in block.body]
         out += [r"\bottomrule", r"\end{tabular}"]
         caption = _latex_escape(block.title + ". " + " ".join(block.notes))
         out += [rf"\caption{{{caption}}}", r"\end{table}", ""]

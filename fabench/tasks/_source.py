@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.reader import ReaderError
 
 from fabench._paths import display_path
 from fabench.errors import FabenchError
@@ -100,27 +101,73 @@ def _record_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int], probl
             _record_lines(item, (*prefix, index), lines, problems)
 
 
+#: The most values a task file may stand for once its aliases (``*name``) are followed. The
+#: shipped tasks hold under 200; a few hundred bytes of nested aliases (an "alias bomb") can
+#: stand for billions, which would take minutes and gigabytes to walk.
+MAX_EXPANDED_VALUES = 10_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], too_big: list[yaml.Node]) -> int:
+    """How many nodes ``node`` stands for with every alias followed, counted without following
+    them (each node once, memoised in ``sizes``); the first node over the limit goes in ``too_big``."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, too_big) + _expanded_size(v, sizes, too_big) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes, too_big) for item in node.value)
+    if size > MAX_EXPANDED_VALUES and not too_big:
+        too_big.append(node)
+    sizes[id(node)] = min(size, MAX_EXPANDED_VALUES + 1)
+    return sizes[id(node)]
+
+
+def _check_expansion(node: yaml.Node, path: Path) -> None:
+    """Refuse a file whose aliases expand past :data:`MAX_EXPANDED_VALUES`, before anything walks it."""
+    too_big: list[yaml.Node] = []
+    _expanded_size(node, {}, too_big)
+    if too_big:
+        line = too_big[0].start_mark.line + 1
+        raise TaskFileError([Problem(Location(path, line), f"invalid YAML: its aliases (*name) expand to more than "
+                                                           f"{MAX_EXPANDED_VALUES} values; write the values out or use include:")])
+
+
+def _reader_problem(path: Path, text: str, err: ReaderError) -> Problem:
+    """The problem for a character YAML does not allow (NUL, other control characters, ...), at its line."""
+    code = err.character if isinstance(err.character, int) else ord(err.character)
+    line = text.count("\n", 0, err.position) + 1
+    return Problem(Location(path, line), f"invalid YAML: non-printable character U+{code:04X} (a NUL or other control character) is not allowed")
+
+
 def parse_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     """Safely load one YAML file; return its data and the line of each key path.
 
-    Raises :class:`TaskFileError` naming the line for syntax errors, duplicate keys, an
-    unreadable file or an empty one.
+    Raises :class:`TaskFileError` naming the line for syntax errors, duplicate keys, non-printable
+    characters, aliases that expand too far, nesting too deep, an unreadable file or an empty one.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise TaskFileError([Problem(Location(path, 1), f"cannot read task file: {err}")]) from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise TaskFileError([Problem(Location(path, 1), "empty task file; expected keys such as task:, rules:, archs:")])
+        _check_expansion(node, path)
         lines: dict[tuple, int] = {}
         duplicates: list[str] = []
         _record_lines(node, (), lines, duplicates)
         if duplicates:
             raise TaskFileError([Problem(Location(path, int(n)), msg) for n, msg in (d.split("\t") for d in duplicates)])
         data = loader.construct_document(node)
+    except ReaderError as err:
+        raise TaskFileError([_reader_problem(path, text, err)]) from None
+    except RecursionError:
+        raise TaskFileError([Problem(Location(path, 1), "invalid YAML: nested too deeply")]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
@@ -132,7 +179,8 @@ def parse_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except yaml.YAMLError as err:
         raise TaskFileError([Problem(Location(path, 1), f"invalid YAML: {err}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 

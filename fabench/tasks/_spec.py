@@ -22,18 +22,19 @@ import dataclasses
 import fnmatch
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._source import Location, Problem, RawTask
+from fabench.tasks._tune_spec import TuneSpec, parse_tune
 from fabench.train.config import RunConfig
 
 #: Keys a task file may hold.
 TASK_KEYS = (
     "task", "version", "description", "notes", "include",
-    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when", "skip",
+    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when", "skip", "tune", "tuned",
 )
 #: Keys a complete task needs (fragments, files named ``_*.yaml``, may leave them out).
 REQUIRED_KEYS = ("task", "version", "description", "rules", "archs", "datasets", "seeds")
@@ -108,6 +109,10 @@ class Task:
     variants: dict[str, dict[str, Any]]
     when: tuple[When, ...]
     skip: tuple[When, ...] = ()
+    #: the ``tune:`` section (fabench tune's budget and search space; defaults when absent)
+    tune: TuneSpec = field(default_factory=TuneSpec)
+    #: ``tuned: true``: ``fabench grid`` runs the cells with their tuned settings (``--untuned`` overrides)
+    tuned: bool = False
 
     def cells(self, **placement: Any) -> list[Cell]:
         """Expand the grid into cells; ``placement`` sets results_dir, data_dir, device, ...
@@ -320,6 +325,18 @@ class _Checker:
         entries = [self._match(("skip", i), item) for i, item in enumerate(value)]
         return tuple(When(match, {}) for match in entries if match is not None)
 
+    def tune(self, seeds: tuple[int, ...], rules: tuple[str, ...]) -> TuneSpec:
+        """The ``tune:`` section (fabench.tasks._tune_spec), or the defaults."""
+        try:
+            spec = parse_tune(self.raw.data.get("tune"), _FIELD_TYPES, seeds)
+        except FabenchError as err:
+            self.add(self.raw.loc("tune"), str(err))
+            return TuneSpec()
+        for rule in spec.rules:
+            if rule not in rules:
+                self.add(self.raw.loc("tune", "rules", rule), str(unknown_choice("rule of this task", rule, rules)))
+        return spec
+
     def _match(self, path: tuple, value: Any) -> dict[str, tuple[str, ...]] | None:
         """A ``match`` mapping: known axes to one pattern or a list of patterns."""
         where = self.raw.loc(*path)
@@ -405,9 +422,14 @@ def build_task(raw: RawTask, *, fragment: bool = False) -> tuple[Task | None, li
     variants = checker.variants()
     when = checker.when()
     skip = checker.skip()
+    tune = checker.tune(seeds, rules)
+    tuned = raw.data.get("tuned", False)
+    if not isinstance(tuned, bool):
+        checker.add(raw.loc("tuned"), f"'tuned' must be true or false, got {tuned!r}")
     if fragment or checker.problems:
         return None, checker.problems
-    task = Task(name, version, description, notes, raw.path, rules, archs, datasets, seeds, overrides, variants, when, skip)
+    task = Task(name, version, description, notes, raw.path, rules, archs, datasets, seeds, overrides, variants, when,
+                skip, tune, tuned)
     _check_cells(task, raw, checker)
     return (None if checker.problems else task), checker.problems
 

@@ -65,9 +65,14 @@ def record_failure(cell: Cell, error: str) -> None:
 
 def busy_elsewhere(cell: Cell) -> bool:
     """True if another process holds this run's folder lock (another grid is training it)."""
+    return run_dir_busy(run_dir(cell))
+
+
+def run_dir_busy(folder: Path) -> bool:
+    """True if a process holds the lock of the run folder ``folder`` (it is training that run)."""
     from fabench.train.records import RUN_LOCK, file_lock
 
-    lock = run_dir(cell) / RUN_LOCK
+    lock = folder / RUN_LOCK
     if not lock.is_file():
         return False
     with file_lock(lock, blocking=False, remove=True) as mine:

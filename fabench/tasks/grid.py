@@ -52,9 +52,11 @@ class GridSummary:
         return sum(o.status in ("failed", "diverged") for o in self.outcomes)
 
     def line(self) -> str:
-        unstable = sum(o.status == "unstable" for o in self.outcomes)
+        marked = [f"{n} of them {status}" for status in ("unstable", "no-learning")
+                  if (n := sum(o.status == status for o in self.outcomes))]
+        marks = f" ({', '.join(marked)})" if marked else ""
         text = (f"grid {self.task}: {self.selected} cells selected, {self.skipped} already finished, "
-                f"{self.finished} finished now{f' ({unstable} of them unstable)' if unstable else ''}, "
+                f"{self.finished} finished now{marks}, "
                 f"{self.failed} failed or diverged")
         busy = sum(o.status == "busy" for o in self.outcomes)
         if busy:

@@ -12,18 +12,20 @@ It is saved atomically at the end of every epoch and when a run is interrupted m
 in the second case ``Progress.step_in_epoch`` says how many batches of the epoch are done and
 ``Progress.epoch_data_state`` lets the loader replay that epoch's order and augmentation.
 Everything in it is a tensor or plain Python data, so it loads with ``weights_only=True``.
+Its SHA-256 goes into the run's manifest as it is written, and a checkpoint whose bytes do not
+match is refused: a damaged file would otherwise resume silently with wrong weights.
 """
 
 from __future__ import annotations
 
-import pickle
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from fabench.errors import FabenchError
-from fabench.train.records import atomic_write
+from fabench.train.records import atomic_write, file_digest
 
 CHECKPOINT_FORMAT = 1
 
@@ -57,9 +59,16 @@ def restore_rng_states(states: dict, data_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+#: What every checkpoint holds; a payload missing one is not a fabench checkpoint.
+PAYLOAD_KEYS = ("format", "run_id", "model", "optimizer", "scheduler", "scaler", "progress", "rng")
+
+
 def save_checkpoint(path: Path, *, run_id: str, model, optimizer, scheduler, scaler, progress: Progress,
-                    data_generator: torch.Generator) -> None:
-    """Write ``last.pt`` atomically (the previous checkpoint stays intact until the move)."""
+                    data_generator: torch.Generator, before_replace: Callable[[str], object] | None = None) -> str:
+    """Write ``last.pt`` atomically (the previous checkpoint stays intact until the move); return its SHA-256.
+
+    ``before_replace(digest)`` is called once the new file is complete, before it replaces the old one.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "run_id": run_id,
@@ -70,18 +79,42 @@ def save_checkpoint(path: Path, *, run_id: str, model, optimizer, scheduler, sca
         "progress": asdict(progress),
         "rng": rng_states(data_generator),
     }
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    digests: list[str] = []
+
+    def seal(tmp: Path) -> None:
+        digests.append(file_digest(tmp))
+        if before_replace is not None:
+            before_replace(digests[0])
+
+    atomic_write(path, lambda handle: torch.save(payload, handle), before_replace=seal)
+    return digests[0]
 
 
-def load_checkpoint(path: Path, run_id: str) -> dict:
-    """Read ``last.pt`` onto the CPU; an unreadable or foreign file is a user-facing error."""
+def load_checkpoint(path: Path, run_id: str, digests: list[str] | None = None) -> dict:
+    """Read ``last.pt`` onto the CPU; an unreadable, damaged or foreign file is a user-facing error.
+
+    ``digests``: the SHA-256 values the run's manifest accepts for it (None: an older run that
+    recorded none, not checked).
+    """
+    if digests is not None and file_digest(path) not in digests:
+        raise FabenchError(f"checkpoint {path} does not match the checksum in its manifest (damaged or replaced); "
+                           "rerun with --force to start over")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+    except Exception as err:  # a damaged file fails deep inside torch/pickle with any of a dozen types
         raise FabenchError(f"checkpoint {path} cannot be read ({err.__class__.__name__}); rerun with --force to start over") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("run_id") != run_id:
         raise FabenchError(f"checkpoint {path} does not belong to run {run_id}; rerun with --force to start over")
+    if not set(PAYLOAD_KEYS) <= payload.keys() or not _progress_ok(payload["progress"]):
+        raise FabenchError(f"checkpoint {path} is incomplete (not written by this fabench); rerun with --force to start over")
     return payload
+
+
+def _progress_ok(progress: object) -> bool:
+    """True if a checkpoint's progress holds the fields :class:`Progress` has, with integer counters."""
+    names = set(Progress.__dataclass_fields__)
+    return (isinstance(progress, dict) and set(progress) <= names
+            and all(isinstance(progress.get(k), int) for k in ("epoch", "step_in_epoch", "global_step")))
 
 
 def restore_training(payload: dict, *, model, optimizer, scheduler, scaler, data_generator: torch.Generator) -> Progress:

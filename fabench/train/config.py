@@ -5,7 +5,9 @@ file's ``overrides`` and the grid's cells all produce one; ``runs.csv`` config c
 written from it. ``run_id`` hashes the fields that change the result, so an identical finished
 run is recognised and skipped, and an interrupted one is found and resumed. Fields that only
 say *where* or *how visibly* a run happens (device, data directory, progress display) are
-left out of the hash: the same run moved to another machine is still the same run.
+left out of the hash: the same run moved to another machine is still the same run. What a data
+directory holds does decide the data, so a dataset read from one is hashed by its files
+(:func:`fabench.data.dataset_identity`), never by the folder's path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +24,7 @@ from fabench.errors import FabenchError
 #: Fields that do not change what is computed, hence excluded from ``run_id`` (``recipe``: its
 #: effect is in the resolved values, which are hashed).
 NON_IDENTITY_FIELDS = frozenset(
-    {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory", "recipe"}
+    {"device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "feedback_memory", "recipe", "tuned"}
 )
 
 #: Seed of the class-balanced choice of --subset and --val-split images: the same images whatever
@@ -30,6 +33,12 @@ SUBSET_SEED = 0
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
+#: Seeds are 0 <= seed <= MAX_SEED: every generator fabench seeds (torch, numpy, the feedback
+#: hashes) takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+#: The largest --image-size fabench accepts: a batch of 3x4096x4096 float images is 200 MB per
+#: image already; larger sides are typing mistakes, not experiments.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
@@ -46,6 +55,9 @@ class RunConfig:
     # task bookkeeping (an ad-hoc `fabench run` belongs to task "adhoc")
     task: str = "adhoc"
     task_version: str = "0"
+    #: the tuning trial whose settings this run uses ("study#trial", ``fabench grid --tuned``); its
+    #: settings are in the run's identity, the trial itself is provenance
+    tuned: str = ""
     # data
     subset: int | None = None
     image_size: int | None = None
@@ -127,12 +139,25 @@ class RunConfig:
             (self.weight_init in (None, *WEIGHT_INITS), "weight_init", f"--weight-init must be one of {', '.join(WEIGHT_INITS)}, got '{self.weight_init}'"),
             (self.weight_init_scale is None or self.weight_init_scale > 0, "weight_init_scale", f"--weight-init-scale must be positive, got {self.weight_init_scale}"),
             (self.recipe in recipes, "recipe", f"--recipe must be one of {', '.join(recipes)}, got '{self.recipe}'"),
+            (self.image_size is None or self.image_size <= MAX_IMAGE_SIZE, "image_size", f"--image-size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"--seed must be an integer from 0 to 2**63-1, got {self.seed}"),
+            (self.workers >= 0, "workers", f"--workers must be 0 or more, got {self.workers}"),
         ]
+        self._check_finite()
         for ok, setting, message in checks:
             if not ok:
                 raise FabenchError(message, setting=setting)
         parse_feedback_memory(self.feedback_memory)
         return self
+
+    def _check_finite(self) -> None:
+        """Refuse inf and nan in every number setting: such a run cannot mean anything, and its
+        row would be rejected by the runs.csv reader after the run."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                option = "--" + item.name.replace("_", "-")
+                raise FabenchError(f"{option} must be a finite number, got {value}", setting=item.name)
 
     def rule_options(self) -> dict:
         """The feedback rule's options under :func:`fabench.rules.apply`'s names (its RuleOptions)."""
@@ -152,7 +177,8 @@ class RunConfig:
         from fabench.data import dataset_identity
 
         values = dataclasses.asdict(self.resolved())
-        values["dataset"] = dataset_identity(values["dataset"])  # a file by its content, not its path
+        # a file by its content, not its path; a data folder's dataset by its files
+        values["dataset"] = dataset_identity(values["dataset"], values["data_dir"])
         return {k: v for k, v in values.items() if k not in NON_IDENTITY_FIELDS}
 
     @property

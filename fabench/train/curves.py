@@ -7,17 +7,19 @@ names a layer for per-layer diagnostics, which other features log through :meth:
 
 Rows are appended and flushed before each checkpoint; on resume, rows logged after the
 checkpoint's step are dropped (:meth:`CurveWriter.truncate_after`), so a run killed between
-writing curves and saving its checkpoint does not end up with duplicated rows.
+writing curves and saving its checkpoint does not end up with duplicated rows. The file is
+never opened through a symbolic link (a run folder from elsewhere may hold one).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from pathlib import Path
 
-from fabench.train.records import atomic_write_bytes
+from fabench.train.records import atomic_write_bytes, open_no_follow
 
 CURVE_COLUMNS = ("run_id", "epoch", "step", "split", "metric", "layer", "value", "wall_time")
 
@@ -32,10 +34,9 @@ class CurveWriter:
         self._writer = None
 
     def _open(self) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._handle = open(self.path, "a", newline="")  # noqa: SIM115 (kept open across log calls; see close)
+        self._handle = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a")
         self._writer = csv.writer(self._handle, lineterminator="\n")
-        if new:
+        if os.fstat(self._handle.fileno()).st_size == 0:
             self._writer.writerow(CURVE_COLUMNS)
 
     def log(self, epoch: int, step: int, split: str, metric: str, value: float, layer: str = "") -> None:
@@ -58,7 +59,7 @@ class CurveWriter:
         self.close()
         if not self.path.exists():
             return
-        with open(self.path, newline="") as handle:
+        with open_no_follow(self.path, os.O_RDONLY, "r") as handle:
             rows = [r for r in csv.reader(handle)][1:]
         kept = [r for r in rows if len(r) == len(CURVE_COLUMNS) and int(r[2]) <= step]
         buffer = io.StringIO()

@@ -19,7 +19,13 @@ from fabench.train.hooks import EpochContext, EpochHook
 from fabench.train.interrupt import StopFlag, inject_after_checkpoint, inject_after_step
 from fabench.train.loop import EpochOutcome, evaluate, train_epoch
 from fabench.train.run_record import RunRecords
-from fabench.train.schema import UNSTABLE_LOSS_FACTOR, UNSTABLE_PEAK_FACTOR, UNSTABLE_RISE_FACTOR
+from fabench.train.schema import (
+    NO_LEARNING_ACCURACY_FACTOR,
+    NO_LEARNING_LOSS_FRACTION,
+    UNSTABLE_LOSS_FACTOR,
+    UNSTABLE_PEAK_FACTOR,
+    UNSTABLE_RISE_FACTOR,
+)
 from fabench.train.session import Session
 
 Emit = Callable[[dict], None]
@@ -168,4 +174,23 @@ def stability(history: list[dict], num_classes: int) -> tuple[str, str]:
     if peak["train_loss"] > UNSTABLE_PEAK_FACTOR * math.log(num_classes):
         return "unstable", (f"training loss blew up to {peak['train_loss']:.4g} in epoch {peak['epoch']} (above "
                             f"{UNSTABLE_PEAK_FACTOR:g}·ln({num_classes})) before ending at {last:.3f}")
+    return learning(history, num_classes)
+
+
+def learning(history: list[dict], num_classes: int) -> tuple[str, str]:
+    """``("finished", "")``, or ``("no-learning", why)`` for a run that ended at chance.
+
+    No learning: the final test top-1 is below :data:`NO_LEARNING_ACCURACY_FACTOR` times chance
+    and no epoch's training loss fell below :data:`NO_LEARNING_LOSS_FRACTION` · ln(classes), the
+    loss of predicting every class equally. Such a run (plain FA on its alignment plateau, a rate
+    too small) is kept with its curves and marked in tables, never shown as a plain number.
+    """
+    chance = 100.0 / num_classes
+    final = history[-1]["test_top1"]
+    lowest = min(e["train_loss"] for e in history)
+    floor = NO_LEARNING_LOSS_FRACTION * math.log(num_classes)
+    if final < NO_LEARNING_ACCURACY_FACTOR * chance and lowest > floor:
+        return "no-learning", (f"final test top-1 {final:.2f}% is within {NO_LEARNING_ACCURACY_FACTOR:g}x chance "
+                               f"({chance:.1f}%) and the training loss never fell below {floor:.3f} "
+                               f"({NO_LEARNING_LOSS_FRACTION:g}·ln({num_classes})); lowest {lowest:.3f}")
     return "finished", ""

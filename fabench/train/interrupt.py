@@ -31,6 +31,15 @@ HOLD_LIMIT_S = 600.0
 _process_steps = itertools.count(1)
 
 
+class StopRun(Exception):
+    """Raised by an ``on_event`` observer of a single-process run at an ``epoch`` event to end the
+    run there, recorded with ``status`` (one of fabench.train.schema.STATUSES, e.g. ``pruned``)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 class StopFlag:
     """Set by a signal handler; read by the training loop between steps."""
 

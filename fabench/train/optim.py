@@ -15,6 +15,7 @@ Choices (documented in the README):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,25 @@ import torch
 
 from fabench.errors import FabenchError
 from fabench.train.config import RunConfig
+
+#: Schedule settings and the schedules that use them.
+SCHEDULE_SETTINGS = {"gamma": ("step", "multistep"), "step_size": ("step",)}
+
+
+def _unused_setting(config: RunConfig) -> tuple[str, str] | None:
+    """A setting that differs from its default but that the optimizer or schedule ignores, as
+    ``(field, what uses it)``: it would change the run id and nothing else."""
+    from fabench.train.recipes import resolve
+
+    if config.optimizer != "sgd" and config.momentum is not None:
+        unset = resolve(dataclasses.replace(config, momentum=None)).config.momentum
+        if config.momentum != unset:
+            return "momentum", "--optimizer sgd only"
+    for name, schedules in SCHEDULE_SETTINGS.items():
+        default = RunConfig.__dataclass_fields__[name].default
+        if config.schedule not in schedules and getattr(config, name) != default:
+            return name, f"--schedule {' or '.join(schedules)} only"
+    return None
 
 
 def check_optimization(config: RunConfig) -> None:
@@ -32,6 +52,11 @@ def check_optimization(config: RunConfig) -> None:
         raise FabenchError("--nesterov needs a positive --momentum", setting="nesterov")
     if config.schedule == "multistep" and not config.milestones:
         raise FabenchError("--schedule multistep needs --milestones, e.g. --milestones 30,60", setting="schedule")
+    unused = _unused_setting(config)
+    if unused:
+        name, where = unused
+        given = f"--optimizer {config.optimizer}" if name == "momentum" else f"--schedule {config.schedule}"
+        raise FabenchError(f"--{name.replace('_', '-')} applies to {where}, got {given}; leave it out", setting=name)
     if config.milestones and config.schedule != "multistep":
         raise FabenchError(f"--milestones applies to --schedule multistep only, got --schedule {config.schedule}", setting="milestones")
     if any(m < 1 for m in config.milestones):

@@ -17,7 +17,14 @@ from fabench.train.config import SUBSET_SEED
 from fabench.train.curves import CurveWriter
 from fabench.train.device import describe_device
 from fabench.train.provenance import git_commit, now, package_versions
-from fabench.train.records import CHECKPOINT, CURVES, MANIFEST, read_manifest, write_manifest
+from fabench.train.records import (
+    CHECKPOINT,
+    CURVES,
+    MANIFEST,
+    load_manifest,
+    read_manifest,
+    write_manifest,
+)
 from fabench.train.runs_csv import upsert_run_row
 
 if TYPE_CHECKING:  # the session is built by fabench.train.session, which needs nothing here
@@ -79,22 +86,38 @@ class RunRecords:
             "steps_per_epoch": s.data.steps_per_epoch,
             "timings": {"started_at": now(), "finished_at": "", "train_time_s": 0.0, "images_per_s": None},
             "progress": {}, "result": {}, "error": "", "resumed_at": [], "evaluations": [],
+            "checkpoint_sha256": [],
         }
 
     def clear(self) -> None:
-        """Remove an earlier attempt's checkpoint, curves and manifest (a run starting afresh)."""
-        for name in (CHECKPOINT, CURVES, MANIFEST):
+        """Remove an earlier attempt's manifest, curves and checkpoint (a run starting afresh).
+
+        A finished run's runs.csv row is marked ``interrupted`` first, so that from the moment
+        its files start to go, nothing (a grid above all) takes the run for done; the manifest
+        goes first, so an attempt killed half-way is never skipped as finished without its files.
+        """
+        previous = read_manifest(self.run_dir)
+        if previous and previous.get("status") in schema.DONE_STATUSES:
+            upsert_run_row(Path(self.config.results_dir), self._restart_row())
+        for name in (MANIFEST, CURVES, CHECKPOINT):
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / name).unlink()
 
+    def _restart_row(self) -> dict:
+        """The runs.csv row of a run that is starting again from scratch (``--force``)."""
+        manifest = {**self._fresh_manifest(), "result": result_metrics("interrupted", Progress()),
+                    "error": "rerun from scratch (--force) started; not finished"}
+        return manifest_row(manifest)
+
     def begin(self, progress: Progress, resumed: bool) -> None:
         """Create the folder's records: a fresh manifest, or the old one marked as resumed."""
-        previous = read_manifest(self.run_dir) if resumed else None
+        previous = load_manifest(self.run_dir) if resumed else None
         self.manifest = self._fresh_manifest()
         if previous:
-            self.manifest["timings"]["started_at"] = previous.get("timings", {}).get("started_at", now())
+            self.manifest["timings"]["started_at"] = previous["timings"].get("started_at", now())
             self.manifest["resumed_at"] = [*previous.get("resumed_at", []), {
                 "at": now(), "epoch": progress.epoch, "step": progress.global_step}]
+            self.manifest["checkpoint_sha256"] = previous.get("checkpoint_sha256", [])
             self.curves.truncate_after(progress.global_step)
         self._write(progress, "running")
 
@@ -112,13 +135,24 @@ class RunRecords:
                 self.curves.log(entry["epoch"], entry["step"], split, metric, entry[key])
 
     def checkpoint(self, progress: Progress) -> None:
-        """Flush curves, save ``last.pt`` atomically, then record progress in the manifest."""
+        """Flush curves, save ``last.pt`` atomically, then record progress and its checksum in the manifest.
+
+        While the new file is moved into place the manifest accepts both checksums, the new and the
+        old, so a process killed at any moment leaves a checkpoint its manifest accepts.
+        """
         s = self.session
         self.curves.flush()
-        save_checkpoint(self.run_dir / CHECKPOINT, run_id=self.config.run_id, model=s.model,
-                        optimizer=s.trainer.optimizer, scheduler=s.trainer.scheduler, scaler=s.trainer.scaler,
-                        progress=progress, data_generator=s.generator)
+        digest = save_checkpoint(self.run_dir / CHECKPOINT, run_id=self.config.run_id, model=s.model,
+                                 optimizer=s.trainer.optimizer, scheduler=s.trainer.scheduler,
+                                 scaler=s.trainer.scaler, progress=progress, data_generator=s.generator,
+                                 before_replace=self._accept_checkpoint)
+        self.manifest["checkpoint_sha256"] = [digest]
         self._write(progress, "running")
+
+    def _accept_checkpoint(self, digest: str) -> None:
+        """Let the manifest accept the checkpoint about to replace ``last.pt`` as well as the current one."""
+        self.manifest["checkpoint_sha256"] = [digest, *self.manifest.get("checkpoint_sha256", [])]
+        write_manifest(self.run_dir, self.manifest)
 
     def finish(self, status: str, progress: Progress, error: str = "") -> dict:
         """Final manifest and the run's runs.csv row (replacing any older row of this run)."""

@@ -6,18 +6,21 @@
    ``force``; its runs.csv row is restored if missing.
 3. Otherwise the run folder is created and locked against a second process running the same
    run. An unfinished (running, interrupted, failed) run with a checkpoint resumes from it;
-   ``force``, a diverged run or no checkpoint start from scratch.
+   ``force``, a diverged run or no checkpoint start from scratch. A checkpoint whose checksum
+   does not match the manifest's is refused (``force`` starts over).
 4. Epochs run (:mod:`fabench.train.epochs`); the result is recorded as ``finished``,
    ``diverged`` (non-finite loss: a result, not a crash) or ``interrupted`` (Ctrl-C/SIGTERM,
-   resumable). Any other exception is recorded as ``failed`` and re-raised.
+   resumable). Any other exception is recorded as ``failed`` and re-raised. A full disk or a
+   refused write is one line (:func:`fabench.train.records.disk_errors`), and a run folder the
+   failed attempt created and left empty is removed.
 
 ``run`` draws nothing; progress goes to ``on_event`` (see :mod:`fabench.train.display`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +32,21 @@ from fabench.train.config import RunConfig
 from fabench.train.device import numerics
 from fabench.train.epochs import Emit, call_hooks, run_epochs
 from fabench.train.hooks import EpochHook
+from fabench.train.interrupt import StopRun
 from fabench.train.parallel import Strategy
 from fabench.train.recipes import resolve
-from fabench.train.records import CHECKPOINT, RUN_LOCK, read_manifest
+from fabench.train.records import (
+    CHECKPOINT,
+    CURVES,
+    RUN_LOCK,
+    TASK_NAME,
+    check_writable_file,
+    check_writable_folder,
+    disk_errors,
+    load_manifest,
+)
 from fabench.train.run_record import RunRecords, manifest_row
-from fabench.train.runs_csv import upsert_run_row
+from fabench.train.runs_csv import RUNS_CSV, upsert_run_row
 from fabench.train.schema import DONE_STATUSES
 from fabench.train.session import Session, build_session, preflight
 
@@ -41,7 +54,6 @@ from fabench.train.session import Session, build_session, preflight
 #: ("running": the process died; "failed": an exception, e.g. out of memory, after the last
 #: checkpoint). A diverged run starts again: its checkpoint would only lead to the same NaN.
 RESUMABLE = ("running", "interrupted", "failed")
-TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -58,9 +70,41 @@ def run_dir_of(config: RunConfig) -> Path:
     return Path(config.results_dir) / config.task / config.run_id
 
 
-def _finished_manifest(run_dir: Path) -> dict | None:
-    manifest = read_manifest(run_dir)
-    return manifest if manifest and manifest.get("status") in DONE_STATUSES else None
+def _finished_manifest(run_dir: Path, run_id: str) -> dict | None:
+    """The folder's manifest if it records this run as done; one line if it belongs to another run."""
+    manifest = load_manifest(run_dir)
+    if manifest is not None and manifest["run_id"] != run_id:
+        raise FabenchError(f"{run_dir} holds the records of run {manifest['run_id']}, not {run_id}; move it aside "
+                           "or rerun with --force")
+    return manifest if manifest and manifest["status"] in DONE_STATUSES else None
+
+
+def check_writable(run_dir: Path, results_dir: Path) -> None:
+    """Fail before training, in one line, where the run's records could not be written afterwards."""
+    check_writable_folder(run_dir, "run folder")
+    for path in (results_dir / RUNS_CSV, results_dir / f".{RUNS_CSV}.lock", run_dir / CURVES):
+        check_writable_file(path, "results file")
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+@contextlib.contextmanager
+def _remove_if_left_empty(folders: list[Path]):
+    """Remove the ``folders`` (deepest first) that are still empty when the block fails."""
+    try:
+        yield
+    except BaseException:
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _skip(manifest: dict, config: RunConfig, run_dir: Path, strategy: Strategy, emit: Emit) -> RunResult:
@@ -74,10 +118,11 @@ def _skip(manifest: dict, config: RunConfig, run_dir: Path, strategy: Strategy, 
 
 def _start_or_resume(session: Session, records: RunRecords, run_dir: Path, force: bool) -> tuple[Progress, bool]:
     """Progress from the run's checkpoint if it should resume, else a clean folder and fresh Progress."""
-    manifest = read_manifest(run_dir)
-    resumable = manifest is None or manifest.get("status") in RESUMABLE
+    manifest = None if force else load_manifest(run_dir)
+    resumable = manifest is None or manifest["status"] in RESUMABLE
     if session.strategy.agree(not force and resumable and (run_dir / CHECKPOINT).is_file()):
-        payload = load_checkpoint(run_dir / CHECKPOINT, session.config.run_id)
+        digests = manifest.get("checkpoint_sha256") if manifest else None
+        payload = load_checkpoint(run_dir / CHECKPOINT, session.config.run_id, digests)
         t = session.trainer
         progress = restore_training(payload, model=session.model, optimizer=t.optimizer, scheduler=t.scheduler,
                                     scaler=t.scaler, data_generator=session.generator)
@@ -104,6 +149,8 @@ def _train(session: Session, run_dir: Path, force: bool, emit: Emit, hooks: list
                 session.handle.begin_training(session.data.steps_per_epoch)  # e.g. wm's first mirror sweep
                 call_hooks(hooks, session, records, progress)
             status, error = run_epochs(session, progress, records, stop, emit, hooks)
+        except StopRun as early:  # an observer ended the run at an epoch's end (tuning's pruner)
+            status, error = early.status, early.reason
         except Exception as err:
             records.finish("failed", progress, f"{type(err).__name__}: {err}"[:500])
             raise
@@ -132,14 +179,23 @@ def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None,
     config = resolution.config
     device = preflight(config)
     run_dir = run_dir_of(config)
-    if not force and (done := strategy.agree(_finished_manifest(run_dir))):
-        return _skip(done, config, run_dir, strategy, emit)
+    check_writable(run_dir, Path(config.results_dir))
+    if not force and (done := strategy.agree(_finished_manifest(run_dir, config.run_id))):
+        with disk_errors(Path(config.results_dir)):
+            return _skip(done, config, run_dir, strategy, emit)
     with numerics(config.deterministic):
         session = strategy.prepare(build_session(config, device, resolution, strategy))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with strategy.lock(run_dir / RUN_LOCK) as mine:
-            if not mine:
-                raise FabenchError(f"run {config.run_id} is being trained by another process ({run_dir})")
-            if not force and (done := strategy.agree(_finished_manifest(run_dir))):
-                return _skip(done, config, run_dir, strategy, emit)
-            return _train(session, run_dir, force, emit, list(hooks))
+        with disk_errors(Path(config.results_dir)), _remove_if_left_empty(_missing_folders(run_dir)):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return _train_locked(session, run_dir, force, emit, list(hooks))
+
+
+def _train_locked(session: Session, run_dir: Path, force: bool, emit: Emit, hooks: list[EpochHook]) -> RunResult:
+    """Steps 2-4 inside the run folder's lock (the finished check again: another process may have just finished)."""
+    config, strategy = session.config, session.strategy
+    with strategy.lock(run_dir / RUN_LOCK) as mine:
+        if not mine:
+            raise FabenchError(f"run {config.run_id} is being trained by another process ({run_dir})")
+        if not force and (done := strategy.agree(_finished_manifest(run_dir, config.run_id))):
+            return _skip(done, config, run_dir, strategy, emit)
+        return _train(session, run_dir, force, emit, hooks)

@@ -33,20 +33,22 @@ RUNS_CSV = "runs.csv"
 def read_records(path: Path) -> list[list[str]]:
     """Records of an existing runs.csv, header excluded, each exactly as written.
 
-    A foreign header is an error, never silently merged. Records are kept as lists of fields so
-    that a malformed one (which readers report) is carried over untouched, not repaired or lost.
+    A foreign header is an error, never silently merged; the rows of an older schema's header
+    come back upgraded (:func:`fabench.train.schema.upgrade_record`), so the next write upgrades
+    the file in place. Records are kept as lists of fields so that a malformed one (which
+    readers report) is carried over untouched, not repaired or lost.
     """
     if not path.exists():
         return []
     # surrogateescape: bytes that are not UTF-8 are carried over as they are, never lost or fatal
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         records = list(csv.reader(handle))
-    if records and tuple(records[0]) != COLUMNS:
+    if records and not schema.known_header(records[0]):
         raise FabenchError(
             f"{path} has columns that differ from this fabench's runs.csv schema; "
             "move it aside (or use another --results-dir) and rerun"
         )
-    return records[1:]
+    return [schema.upgrade_record(tuple(records[0]), record) for record in records[1:]]
 
 
 def upsert_run_row(results_dir: Path, row: dict) -> None:
@@ -86,6 +88,9 @@ NUMERIC_COLUMNS = (
 )
 #: Characters that stand for bytes that were not UTF-8 (Python's surrogateescape).
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+#: Control characters (NUL included) that no value fabench writes holds; tab and line ends may
+#: appear in an error message.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: Columns a finished (or unstable) row cannot leave empty.
 FINISHED_REQUIRED = ("final_top1",)
 
@@ -106,6 +111,18 @@ class RunsTable:
         for column in NUMERIC_COLUMNS:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
         return frame
+
+
+def _text_problem(record: list[str]) -> str | None:
+    """Why a record's bytes are not text fabench wrote (not UTF-8, or a NUL or other control
+    character), or None; such a row would show as a table block of its own."""
+    if any(_NOT_UTF8.search(field) for field in record):
+        return "is not UTF-8 text"
+    for field_text in record:
+        found = _CONTROL.search(field_text)
+        if found:
+            return f"holds control character U+{ord(found.group()):04X}"
+    return None
 
 
 def _row_problem(record: list[str]) -> str | None:
@@ -154,7 +171,7 @@ def read_runs(path: Path | str) -> RunsTable:
             raise FabenchError(f"{display_path(path)}:1: unreadable CSV header ({err})") from None
         if header is None:
             raise FabenchError(f"{display_path(path)} is empty; expected the runs.csv header")
-        if tuple(header) != schema.COLUMNS:
+        if not schema.known_header(header):
             raise FabenchError(
                 f"{display_path(path)}:1: header does not match runs.csv schema version {schema.SCHEMA_VERSION} "
                 "(written by another fabench version, or not a fabench runs.csv)"
@@ -173,7 +190,8 @@ def read_runs(path: Path | str) -> RunsTable:
             line = reader.line_num
             if not record:
                 continue
-            problem = "is not UTF-8 text" if any(_NOT_UTF8.search(field) for field in record) else _row_problem(record)
+            record = schema.upgrade_record(tuple(header), record)
+            problem = _text_problem(record) or _row_problem(record)
             if problem:
                 table.problems.append(f"{display_path(path)}:{start}: row {problem}; skipped")
                 continue

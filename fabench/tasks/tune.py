@@ -1,0 +1,349 @@
+"""``fabench tune``: every cell's settings searched with the same budget, on validation images.
+
+One Optuna study per tuning cell (rule x arch x dataset x variant; the task's seeds are not
+searched over): a TPE sampler, a Hyperband pruner on each epoch's validation top-1, and the
+task's ``tune:`` space (:mod:`fabench.tasks._tune_spec`). Each trial is a real
+:func:`fabench.train.run` on the task's settings with the trial's values, trained for the
+tuning epochs on the training images less a held-out validation split, with the tuning seed,
+and recorded under ``RESULTS/tune/`` like any run. A trial scores the best validation top-1 of
+its epochs. The cell's own settings (its recipe) are always its first trial.
+
+The studies live in ``RESULTS/tune/TASK.db`` (SQLite; readable with Optuna's own tools), or in
+the storage ``--storage`` names (an SQLAlchemy URL, or ``journal:PATH`` for Optuna's journal
+file, which works on shared file systems). A trial whose process was killed is failed and its
+settings queued again when tuning is next started, so its run resumes from its checkpoint and
+the budget is met exactly: ``trials`` counts completed and pruned trials and trials that failed
+on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabench.errors import FabenchError
+from fabench.tasks._spec import Cell, Task
+from fabench.tasks._tune_spec import Param, TuneSpec
+
+#: Results sub-folder of the trials' runs and of the default study database.
+TUNE_FOLDER = "tune"
+#: Trial user attribute: the run id of the trial's run (to find its folder lock).
+RUN_ID_ATTR = "run_id"
+#: Trial user attribute of a trial stopped from outside (Ctrl-C, kill -9): queued again, not counted.
+RETRY_ATTR = "retry"
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Some trials of one study, for one worker process."""
+
+    storage: str
+    study: str
+    cell: Cell
+    params: tuple[Param, ...]
+    spec: TuneSpec
+    results_dir: str
+    trials: int
+
+
+def study_name(task: Task, cell: Cell) -> str:
+    """The study of a tuning cell: ``TASK/arch/rule/dataset`` (``/variant``)."""
+    parts = [task.name, cell.arch, cell.rule, cell.dataset]
+    return "/".join([*parts, cell.variant] if cell.variant else parts)
+
+
+def tuning_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per rule x arch x dataset x variant (the first seed's), in grid order."""
+    seen, out = set(), []
+    for cell in cells:
+        key = (cell.rule, cell.arch, cell.dataset, cell.variant)
+        if key not in seen:
+            seen.add(key)
+            out.append(cell)
+    return out
+
+
+def storage_url(results_dir: Path, task: Task, given: str | None) -> str:
+    """The study storage: ``given``, or an SQLite file under ``RESULTS/tune/``."""
+    if given:
+        return given
+    folder = (Path(results_dir) / TUNE_FOLDER).resolve()
+    return f"sqlite:///{folder / (task.name + '.db')}"
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url`` (``journal:PATH`` for a journal file)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # an unreachable or malformed URL
+        raise FabenchError(f"--storage {url}: cannot open it ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def cell_params(spec: TuneSpec, cell: Cell) -> tuple[Param, ...]:
+    """The cell's search space: shared settings plus its rule family's own."""
+    from fabench.rules import rule_family
+
+    return spec.params_for(rule_family(cell.rule), cell.rule)
+
+
+def _base_values(cell: Cell, params: tuple[Param, ...]) -> dict:
+    """The cell's own (recipe-resolved) value of each searched setting."""
+    resolved = cell.config.resolved()
+    values = {p.name: getattr(resolved, p.name) for p in params}
+    for p in params:
+        if p.relative and not (isinstance(values[p.name], (int, float)) and values[p.name] > 0):
+            raise FabenchError(f"tune: '{p.name}: {{scale: ...}}' needs a positive value of {p.name} for "
+                               f"{cell.label}, which has {values[p.name]!r}; give {{low, high}} instead")
+    return values
+
+
+def trial_config(cell: Cell, spec: TuneSpec, values: dict, results_dir: str):
+    """The RunConfig of a trial: the cell's settings, the trial's values, the tuning protocol."""
+    config = dataclasses.replace(
+        cell.config, **values, seed=spec.seed, epochs=spec.epochs or cell.config.epochs,
+        val_split=spec.val_split, results_dir=str(Path(results_dir) / TUNE_FOLDER), progress=False,
+        diagnostics="off")
+    return config.validate()
+
+
+def _objective(job: TuneJob, base: dict):
+    """The Optuna objective of ``job``'s study: one real run, pruned on validation top-1."""
+    import optuna
+
+    from fabench.train import run
+    from fabench.train.interrupt import StopRun
+    from fabench.train.schema import DONE_STATUSES
+
+    def objective(trial) -> float:
+        values = {p.name: p.suggest(trial, base[p.name]) for p in job.params}
+        config = trial_config(job.cell, job.spec, values, job.results_dir)
+        trial.set_user_attr(RUN_ID_ATTR, config.run_id)
+
+        def on_event(event: dict) -> None:
+            if event.get("kind") == "epoch" and "val_top1" in event:
+                trial.report(event["val_top1"], event["epoch"])
+                if trial.should_prune():
+                    raise StopRun("pruned", f"pruned by tuning after epoch {event['epoch']} (validation top-1 "
+                                            f"{event['val_top1']:.2f}%)")
+
+        result = run(config, on_event=on_event)
+        if result.status == "pruned":
+            raise optuna.TrialPruned()
+        if result.status == "interrupted":
+            trial.set_user_attr(RETRY_ATTR, True)
+            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+            raise KeyboardInterrupt
+        if result.status not in DONE_STATUSES:
+            trial.set_user_attr("status", result.status)
+            return 0.0  # a diverged run scores nothing: the search moves away from it
+        trial.set_user_attr("status", result.status)
+        return float(result.row.get("best_val_top1") or 0.0)
+    return objective
+
+
+def _spent(study) -> int:
+    """Trials that count against the budget: completed, pruned, failed on their own, running."""
+    from optuna.trial import TrialState
+
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return sum(t.state in counted or (t.state == TrialState.FAIL and not t.user_attrs.get(RETRY_ATTR))
+               for t in study.get_trials(deepcopy=False))
+
+
+def _print_trial(job: TuneJob, trial, seconds: float) -> None:
+    """One line per finished trial (workers print their own)."""
+    settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    state = trial.state.name.lower()
+    score = f"val {trial.value:.2f}%" if trial.value is not None else state
+    print(f"[tune {job.study}] trial {trial.number}: {score} ({settings}) {seconds:.0f}s", flush=True)
+
+
+def run_job(job: TuneJob) -> None:
+    """Run ``job.trials`` trials of its study (in a worker process, or in this one)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage),
+                              sampler=_sampler(job), pruner=_pruner(job))
+    base = _base_values(job.cell, job.params)
+    objective = _objective(job, base)
+    for _ in range(job.trials):
+        started = time.monotonic()
+        study.optimize(objective, n_trials=1, catch=())
+        _print_trial(job, _last_finished(study), time.monotonic() - started)
+
+
+def _last_finished(study):
+    """The most recently finished trial of the study."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
+    return max(finished, key=lambda t: t.datetime_complete)
+
+
+def _sampler(job: TuneJob):
+    import optuna
+
+    startup = min(10, max(3, job.spec.trials // 3))
+    seed = int.from_bytes(job.study.encode()[:8].ljust(8, b"\0"), "little") % 2**31
+    return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed)
+
+
+def _pruner(job: TuneJob):
+    import optuna
+
+    epochs = job.spec.epochs or job.cell.config.epochs
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+
+
+def prepare_study(storage_url_: str, name: str, cell: Cell, params: tuple[Param, ...]):
+    """Create the study if new (the cell's own settings queued as its first trial); fail and
+    queue again the trials a killed process left running."""
+    import optuna
+
+    storage = open_storage(storage_url_)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    if not study.trials:
+        base = _base_values(cell, params)
+        prior = dict(p for p in (param.prior(base[param.name]) for param in params) if p is not None)
+        study.enqueue_trial(prior)
+        study.set_user_attr("space", [p.describe() for p in params])
+    _recover_stale(study, storage, cell)
+    return study
+
+
+def _recover_stale(study, storage, cell: Cell) -> None:
+    """Running trials whose run folder nobody holds were killed: fail them, queue them again."""
+    from optuna.trial import TrialState
+
+    from fabench.tasks.cell_run import run_dir_busy
+
+    results = Path(cell.config.results_dir) / TUNE_FOLDER / cell.config.task
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if run_id and run_dir_busy(results / run_id):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, RETRY_ATTR, True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+
+
+def plan_jobs(task: Task, cells: list[Cell], spec: TuneSpec, results_dir: Path, storage: str,
+              workers: int) -> list[TuneJob]:
+    """Create or resume each cell's study; split the trials still owed among the workers."""
+    jobs = []
+    for cell in tuning_cells(cells):
+        name = study_name(task, cell)
+        params = cell_params(spec, cell)
+        if not params:
+            raise FabenchError(f"tune: the search space of {cell.label} is empty; add 'tune.space' to the task")
+        study = prepare_study(storage, name, cell, params)
+        owed = max(0, spec.trials - _spent(study))
+        shares = [owed // workers + (i < owed % workers) for i in range(max(1, workers))]
+        jobs += [TuneJob(storage, name, cell, params, spec, str(results_dir), n) for n in shares if n]
+    return jobs
+
+
+def describe(task: Task, cells: list[Cell], spec: TuneSpec) -> list[str]:
+    """The protocol in words: budget and space per cell (printed before a search)."""
+    epochs = spec.epochs or cells[0].config.epochs
+    lines = [f"tune {task.name}: {len(tuning_cells(cells))} cells, each {spec.trials} trials x {epochs} epochs "
+             f"(the same budget for every rule), scored on {spec.val_split} held-out validation images, seed {spec.seed}"]
+    for cell in tuning_cells(cells):
+        params = cell_params(spec, cell)
+        _base_values(cell, params)  # a range around a value the cell does not have is refused here
+        space = "; ".join(p.describe() for p in params)
+        lines.append(f"  {study_name(task, cell)}: {space}")
+    return lines
+
+
+def _set_threads(threads: int) -> None:
+    """A worker's share of the cores, set before torch loads."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def run_jobs(jobs: list[TuneJob], workers: int) -> None:
+    """Run the jobs: here (``workers`` <= 1) or in that many spawned processes."""
+    if workers <= 1:
+        for job in jobs:
+            run_job(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
+        for future in [pool.submit(run_job, job) for job in jobs]:
+            future.result()
+
+
+@dataclass(frozen=True)
+class TunedSettings:
+    """A cell's best trial: its values, validation score and the trials spent."""
+
+    study: str
+    trial: int
+    values: dict
+    val_top1: float
+    trials: dict
+
+
+def best_settings(storage: str, task: Task, cell: Cell, spec: TuneSpec) -> TunedSettings | None:
+    """The best completed trial of the cell's study, as run settings; None before tuning."""
+    import optuna
+    from optuna.trial import TrialState
+
+    name = study_name(task, cell)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        return None
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    params = cell_params(spec, cell)
+    base = _base_values(cell, params)
+    values = {p.name: _value_of(p, best.params, base) for p in params}
+    counts = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    return TunedSettings(name, best.number, values, float(best.value), counts)
+
+
+def _value_of(param: Param, trial_params: dict, base: dict):
+    """A setting's value in a trial's Optuna parameters."""
+    if param.relative:
+        return base[param.name] * trial_params[param.name + "_scale"]
+    return trial_params.get(param.name, base[param.name])
+
+
+def tuned_cells(cells: list[Cell], task: Task, spec: TuneSpec, storage: str) -> list[Cell]:
+    """The cells with their tuned settings (``grid --tuned``); FabenchError for an untuned cell."""
+    out = []
+    for cell in cells:
+        best = best_settings(storage, task, cell, spec)
+        if best is None:
+            raise FabenchError(f"cell {cell.label} has no tuned settings in {storage}; run `fabench tune {task.name}` first")
+        config = dataclasses.replace(cell.config, **best.values, tuned=f"{best.study}#{best.trial}").validate()
+        out.append(dataclasses.replace(cell, config=config))
+    return out
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    return str(value)
