@@ -113,6 +113,13 @@ CASES = [
     ("run-image-size-huge", ["run", "--image-size", "100000"], "--image-size must be at most 4096"),
     ("run-arch-option-unknown", ["run", "--arch", "resnet18", "--arch-option", "foo=1"], "architecture 'resnet18' has no option 'foo'; it takes"),
     ("run-arch-option-weights", ["run", "--arch", "tv:mobilenet_v3_small", "--arch-option", "weights=DEFAULT"], "would load pretrained weights"),
+    ("tune-unknown-task", ["tune", "no-such-task"], "unknown task 'no-such-task'"),
+    ("tune-trials", ["tune", "smoke", "--trials", "0"], "Invalid value for '--trials'"),
+    ("tune-storage", ["tune", "smoke", "--storage", "nosuchdb://x", "--results-dir", "{dir}"], "--storage nosuchdb://x: cannot open it"),
+    ("grid-storage-untuned", ["grid", "smoke", "--storage", "sqlite:///x.db"], "--storage names the tuning studies; it needs --tuned"),
+    ("grid-tuned-untuned", ["grid", "smoke", "--tuned", "--results-dir", "{dir}"], "no tuning studies at"),
+    ("tune-show-untuned", ["tune", "smoke", "--show", "--results-dir", "{dir}"], "no tuning studies at"),
+    ("table-vs-compare", ["table", "--vs", "bp", "--compare", "published"], "--vs compares rules on a result metric"),
     ("bench-feedback-rule", ["bench", "feedback-memory", "--rules", "nope"], "unknown rule 'nope'"),
 ]
 

@@ -42,6 +42,7 @@ def tune(
         typer.echo(f"fabench: no cell of task '{loaded.name}' matches the filters", err=True)
         raise SystemExit(1)
     url = tuning.storage_url(results_dir, loaded, storage)
+    tuning.open_storage(url, create=not show)  # a storage that cannot be opened: one line, before anything runs
     if show:
         _show(loaded, cells, spec, url)
         return

@@ -6,7 +6,8 @@ The space is data, written in the task file::
       trials: 8            # per cell (rule x arch x dataset x variant); --trials overrides
       epochs: 4            # per trial (default: the task's epochs)
       val_split: 1000      # images held out of training; trials are scored on them
-      seed: 100            # the seed every trial trains with (not one of the task's seeds)
+      seed: 100            # the first seed every trial trains with (not one of the task's seeds)
+      seeds: 2             # seeds per trial (100, 101): a trial scores its worst seed
       space:               # shared settings, searched for every rule
         lr: {scale: [0.1, 10]}                            # around the cell's own (recipe) value, log
       families:            # each rule family's own settings, added to (or replacing) the shared ones
@@ -33,7 +34,7 @@ from fabench.errors import FabenchError
 #: Families a ``families:`` entry may name (fabench.rules.rule_family).
 TUNE_FAMILIES = ("bp", "sign", "random", "direct", "learned")
 #: Keys of the ``tune:`` section.
-TUNE_KEYS = ("trials", "epochs", "val_split", "seed", "space", "families", "rules")
+TUNE_KEYS = ("trials", "epochs", "val_split", "seed", "seeds", "space", "families", "rules")
 #: What a task without its own ``tune:`` values gets.
 DEFAULT_TRIALS = 8
 DEFAULT_VAL_SPLIT = 1000
@@ -93,6 +94,11 @@ class TuneSpec:
     epochs: int | None = None
     val_split: int = DEFAULT_VAL_SPLIT
     seed: int = DEFAULT_TUNE_SEED
+    seeds: int = 1
+
+    @property
+    def trial_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + self.seeds))
     space: tuple[Param, ...] = ()
     families: dict[str, tuple[Param, ...]] = field(default_factory=dict)
     rules: dict[str, tuple[Param, ...]] = field(default_factory=dict)
@@ -177,13 +183,14 @@ def parse_tune(value: Any, field_types: dict[str, str], task_seeds: tuple[int, .
         raise unknown_choice("tune key", str(unknown[0]), TUNE_KEYS)
     counts = {}
     for key, default, least in (("trials", DEFAULT_TRIALS, 1), ("epochs", None, 1),
-                                ("val_split", DEFAULT_VAL_SPLIT, 1), ("seed", DEFAULT_TUNE_SEED, 0)):
+                                ("val_split", DEFAULT_VAL_SPLIT, 1), ("seed", DEFAULT_TUNE_SEED, 0), ("seeds", 1, 1)):
         given = value.get(key, default)
         if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < least):
             raise FabenchError(f"'tune.{key}' must be an integer of at least {least}, got {given!r}")
         counts[key] = given
-    if counts["seed"] in task_seeds:
-        raise FabenchError(f"'tune.seed' {counts['seed']} is one of the task's seeds; tuning must use a seed the grid does not")
+    clash = sorted(set(range(counts["seed"], counts["seed"] + counts["seeds"])) & set(task_seeds))
+    if clash:
+        raise FabenchError(f"tuning seed {clash[0]} is one of the task's seeds; tuning must use seeds the grid does not")
     families = value.get("families") or {}
     if not isinstance(families, dict):
         raise FabenchError("'tune.families' must map rule families to spaces")
@@ -200,4 +207,4 @@ def parse_tune(value: Any, field_types: dict[str, str], task_seeds: tuple[int, .
     by_rule = {str(rule): parse_space(space, field_types, f"tune.rules.{rule}") for rule, space in rules.items()}
     space = parse_space(value.get("space", DEFAULT_SPACE), field_types, "tune.space")
     return TuneSpec(trials=counts["trials"], epochs=counts["epochs"], val_split=counts["val_split"],
-                    seed=counts["seed"], space=space, families=parsed, rules=by_rule)
+                    seed=counts["seed"], seeds=counts["seeds"], space=space, families=parsed, rules=by_rule)

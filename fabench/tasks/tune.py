@@ -4,9 +4,12 @@ One Optuna study per tuning cell (rule x arch x dataset x variant; the task's se
 searched over): a TPE sampler, a Hyperband pruner on each epoch's validation top-1, and the
 task's ``tune:`` space (:mod:`fabench.tasks._tune_spec`). Each trial is a real
 :func:`fabench.train.run` on the task's settings with the trial's values, trained for the
-tuning epochs on the training images less a held-out validation split, with the tuning seed,
-and recorded under ``RESULTS/tune/`` like any run. A trial scores the best validation top-1 of
-its epochs. The cell's own settings (its recipe) are always its first trial.
+tuning epochs on the training images less a held-out validation split, once per tuning seed,
+and recorded under ``RESULTS/tune/`` like any run. A trial scores the validation top-1 of its
+final epoch on its worst seed, and a run that ends unstable, at chance or diverged scores 0,
+so the search never picks a setting at the edge of stability for one lucky seed or epoch.
+The pruner watches the first seed's epochs. The cell's own settings (its
+recipe) are always its first trial.
 
 The studies live in ``RESULTS/tune/TASK.db`` (SQLite; readable with Optuna's own tools), or in
 the storage ``--storage`` names (an SQLAlchemy URL, or ``journal:PATH`` for Optuna's journal
@@ -19,9 +22,9 @@ on their own.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,8 @@ class TuneJob:
     spec: TuneSpec
     results_dir: str
     trials: int
+    #: which of the study's concurrent jobs this is (each samples with its own seed)
+    index: int = 0
 
 
 def study_name(task: Task, cell: Cell) -> str:
@@ -75,18 +80,20 @@ def storage_url(results_dir: Path, task: Task, given: str | None) -> str:
     return f"sqlite:///{folder / (task.name + '.db')}"
 
 
-def open_storage(url: str):
-    """An Optuna storage for ``url`` (``journal:PATH`` for a journal file)."""
+def open_storage(url: str, *, create: bool = True):
+    """An Optuna storage for ``url`` (``journal:PATH`` for a journal file); with ``create`` False a
+    study file that does not exist yet is an error instead of a new empty file."""
     import optuna
 
+    local = url.removeprefix("journal:") if url.startswith("journal:") else url.removeprefix("sqlite:///")
+    if local != url and not create and not Path(local).is_file():
+        raise FabenchError(f"no tuning studies at {local}; run `fabench tune` on the task first")
+    if local != url:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(local))
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # an unreachable or malformed URL
@@ -111,10 +118,10 @@ def _base_values(cell: Cell, params: tuple[Param, ...]) -> dict:
     return values
 
 
-def trial_config(cell: Cell, spec: TuneSpec, values: dict, results_dir: str):
-    """The RunConfig of a trial: the cell's settings, the trial's values, the tuning protocol."""
+def trial_config(cell: Cell, spec: TuneSpec, values: dict, results_dir: str, seed: int):
+    """The RunConfig of one seed of a trial: the cell's settings, the trial's values, the protocol."""
     config = dataclasses.replace(
-        cell.config, **values, seed=spec.seed, epochs=spec.epochs or cell.config.epochs,
+        cell.config, **values, seed=seed, epochs=spec.epochs or cell.config.epochs,
         val_split=spec.val_split, results_dir=str(Path(results_dir) / TUNE_FOLDER), progress=False,
         diagnostics="off")
     return config.validate()
@@ -126,33 +133,48 @@ def _objective(job: TuneJob, base: dict):
 
     from fabench.train import run
     from fabench.train.interrupt import StopRun
-    from fabench.train.schema import DONE_STATUSES
 
-    def objective(trial) -> float:
-        values = {p.name: p.suggest(trial, base[p.name]) for p in job.params}
-        config = trial_config(job.cell, job.spec, values, job.results_dir)
-        trial.set_user_attr(RUN_ID_ATTR, config.run_id)
-
-        def on_event(event: dict) -> None:
+    def on_event(trial):
+        def report(event: dict) -> None:
             if event.get("kind") == "epoch" and "val_top1" in event:
                 trial.report(event["val_top1"], event["epoch"])
                 if trial.should_prune():
                     raise StopRun("pruned", f"pruned by tuning after epoch {event['epoch']} (validation top-1 "
                                             f"{event['val_top1']:.2f}%)")
+        return report
 
-        result = run(config, on_event=on_event)
-        if result.status == "pruned":
-            raise optuna.TrialPruned()
-        if result.status == "interrupted":
-            trial.set_user_attr(RETRY_ATTR, True)
-            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
-            raise KeyboardInterrupt
-        if result.status not in DONE_STATUSES:
-            trial.set_user_attr("status", result.status)
-            return 0.0  # a diverged run scores nothing: the search moves away from it
-        trial.set_user_attr("status", result.status)
-        return float(result.row.get("best_val_top1") or 0.0)
+    def objective(trial) -> float:
+        values = {p.name: p.suggest(trial, base[p.name]) for p in job.params}
+        scores = []
+        for seed in job.spec.trial_seeds:
+            config = trial_config(job.cell, job.spec, values, job.results_dir, seed)
+            trial.set_user_attr(RUN_ID_ATTR, config.run_id)
+            first = seed == job.spec.seed
+            result = run(config, on_event=on_event(trial) if first else None)
+            if result.status == "pruned":
+                raise optuna.TrialPruned()
+            if result.status == "interrupted":
+                trial.set_user_attr(RETRY_ATTR, True)
+                trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+                raise KeyboardInterrupt
+            trial.set_user_attr(f"status_seed{seed}", result.status)
+            if result.status != "finished":
+                return 0.0  # diverged, unstable or at chance: the search moves away from it
+            scores.append(final_val_top1(Path(result.run_dir)))
+        return min(scores)
     return objective
+
+
+def final_val_top1(run_dir: Path) -> float:
+    """The validation top-1 of a run's last epoch, from its curves.csv."""
+    import csv
+
+    with (run_dir / "curves.csv").open(newline="", encoding="utf-8") as handle:
+        values = [(int(r["epoch"]), float(r["value"])) for r in csv.DictReader(handle)
+                  if (r["split"], r["metric"]) == ("val", "top1")]
+    if not values:
+        raise FabenchError(f"tune: the run in {run_dir} logged no validation accuracy")
+    return max(values)[1]
 
 
 def _spent(study) -> int:
@@ -164,11 +186,16 @@ def _spent(study) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
-def _print_trial(job: TuneJob, trial, seconds: float) -> None:
-    """One line per finished trial (workers print their own)."""
+def _print_trial(job: TuneJob, trial) -> None:
+    """One line per trial this process finished."""
     settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    state = trial.state.name.lower()
-    score = f"val {trial.value:.2f}%" if trial.value is not None else state
+    if trial.state.name == "COMPLETE":
+        score = f"val {trial.value:.2f}%"
+    elif trial.state.name == "PRUNED":
+        score = f"pruned after epoch {trial.last_step}"
+    else:
+        score = trial.state.name.lower()
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
     print(f"[tune {job.study}] trial {trial.number}: {score} ({settings}) {seconds:.0f}s", flush=True)
 
 
@@ -180,25 +207,15 @@ def run_job(job: TuneJob) -> None:
     study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage),
                               sampler=_sampler(job), pruner=_pruner(job))
     base = _base_values(job.cell, job.params)
-    objective = _objective(job, base)
-    for _ in range(job.trials):
-        started = time.monotonic()
-        study.optimize(objective, n_trials=1, catch=())
-        _print_trial(job, _last_finished(study), time.monotonic() - started)
-
-
-def _last_finished(study):
-    """The most recently finished trial of the study."""
-    finished = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
-    return max(finished, key=lambda t: t.datetime_complete)
+    study.optimize(_objective(job, base), n_trials=job.trials, catch=(), callbacks=[lambda _, trial: _print_trial(job, trial)])
 
 
 def _sampler(job: TuneJob):
     import optuna
 
     startup = min(10, max(3, job.spec.trials // 3))
-    seed = int.from_bytes(job.study.encode()[:8].ljust(8, b"\0"), "little") % 2**31
-    return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed)
+    digest = hashlib.blake2b(f"{job.study}#{job.index}".encode(), digest_size=4).digest()
+    return optuna.samplers.TPESampler(n_startup_trials=startup, seed=int.from_bytes(digest, "little"))
 
 
 def _pruner(job: TuneJob):
@@ -213,6 +230,7 @@ def prepare_study(storage_url_: str, name: str, cell: Cell, params: tuple[Param,
     queue again the trials a killed process left running."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url_)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     if not study.trials:
@@ -252,15 +270,17 @@ def plan_jobs(task: Task, cells: list[Cell], spec: TuneSpec, results_dir: Path, 
         study = prepare_study(storage, name, cell, params)
         owed = max(0, spec.trials - _spent(study))
         shares = [owed // workers + (i < owed % workers) for i in range(max(1, workers))]
-        jobs += [TuneJob(storage, name, cell, params, spec, str(results_dir), n) for n in shares if n]
+        jobs += [TuneJob(storage, name, cell, params, spec, str(results_dir), n, i) for i, n in enumerate(shares) if n]
     return jobs
 
 
 def describe(task: Task, cells: list[Cell], spec: TuneSpec) -> list[str]:
     """The protocol in words: budget and space per cell (printed before a search)."""
     epochs = spec.epochs or cells[0].config.epochs
-    lines = [f"tune {task.name}: {len(tuning_cells(cells))} cells, each {spec.trials} trials x {epochs} epochs "
-             f"(the same budget for every rule), scored on {spec.val_split} held-out validation images, seed {spec.seed}"]
+    seeds = ", ".join(map(str, spec.trial_seeds))
+    lines = [f"tune {task.name}: {len(tuning_cells(cells))} cells, each {spec.trials} trials x {spec.seeds} seed(s) x "
+             f"{epochs} epochs (the same budget for every rule), scored on {spec.val_split} held-out validation "
+             f"images, seed(s) {seeds} (worst seed counts)"]
     for cell in tuning_cells(cells):
         params = cell_params(spec, cell)
         _base_values(cell, params)  # a range around a value the cell does not have is refused here
@@ -308,7 +328,7 @@ def best_settings(storage: str, task: Task, cell: Cell, spec: TuneSpec) -> Tuned
 
     name = study_name(task, cell)
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+        study = optuna.load_study(study_name=name, storage=open_storage(storage, create=False))
     except KeyError:
         return None
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
