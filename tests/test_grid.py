@@ -111,7 +111,7 @@ def _ignore_sigint() -> None:
 def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_path, workers):
     """Deterministic: the second cell holds after its first step until it is asked to stop
     (``hold@process-step``: cell 1 is 2 epochs of 2 steps), so the SIGINT sent when the grid
-    reports the first cell finished always finds cell 2 running, however loaded the machine is.
+    reports that it started cell 2 always finds cell 2 set up or holding, however loaded the machine is.
     The grid starts with SIGINT ignored, and must still stop on it."""
     task, run_ids = make_task(tmp_path, epochs=2, rules="[bp, fa, fa-usf-sn]")
     results = tmp_path / "results"
@@ -123,7 +123,7 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_finishes_each_cell_exactly_once(tmp_p
     output = []
     while (line := lines.get(timeout=240)) is not None:
         output.append(line)
-        if "[1/3]" in line:  # the first cell is finished; the second is set up or holding
+        if "start arch1/fa/" in line:  # the grid handed out cell 2, which holds after its first step
             process.send_signal(signal.SIGINT)
             break
     code = process.wait(timeout=240)

@@ -64,7 +64,7 @@ def _show(task, cells, spec, url: str) -> None:
     from fabench.tasks import tune as tuning
 
     table = Table(title=f"{task.name}: tuned settings ({spec.trials} trials per cell; {url})")
-    for column in ("cell", "best val top-1", "trial", "trials", "settings"):
+    for column in ("cell", "score (val top-1)", "trial", "trials", "settings"):
         table.add_column(column)
     for cell in tuning.tuning_cells(cells):
         best = tuning.best_settings(url, task, cell, spec)
