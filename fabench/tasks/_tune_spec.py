@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabench.errors import FabenchError
+from fabench.errors import FabenchError, unknown_choice
 
 #: Families a ``families:`` entry may name (fabench.rules.rule_family).
 TUNE_FAMILIES = ("bp", "sign", "random", "direct", "learned")
@@ -131,8 +131,6 @@ def parse_param(name: str, value: Any, field_types: dict[str, str]) -> Param:
     """One ``space`` entry, checked against the run setting it names."""
     if name in UNTUNABLE or name not in field_types:
         known = sorted(n for n in field_types if n not in UNTUNABLE)
-        from fabench.errors import unknown_choice
-
         raise unknown_choice("tunable run setting", str(name), known)
     if not isinstance(value, dict):
         raise FabenchError(f"'{name}' must be {{low: A, high: B}}, {{scale: [A, B]}} or {{choices: [...]}}, got {value!r}")
@@ -178,8 +176,6 @@ def parse_tune(value: Any, field_types: dict[str, str], task_seeds: tuple[int, .
         raise FabenchError("'tune' must be a mapping with some of: " + ", ".join(TUNE_KEYS))
     unknown = [k for k in value if k not in TUNE_KEYS]
     if unknown:
-        from fabench.errors import unknown_choice
-
         raise unknown_choice("tune key", str(unknown[0]), TUNE_KEYS)
     counts = {}
     for key, default, least in (("trials", DEFAULT_TRIALS, 1), ("epochs", None, 1),
@@ -197,8 +193,6 @@ def parse_tune(value: Any, field_types: dict[str, str], task_seeds: tuple[int, .
     parsed = {}
     for family, space in families.items():
         if family not in TUNE_FAMILIES:
-            from fabench.errors import unknown_choice
-
             raise unknown_choice("rule family", str(family), TUNE_FAMILIES)
         parsed[family] = parse_space(space, field_types, f"tune.families.{family}")
     rules = value.get("rules") or {}

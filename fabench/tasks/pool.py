@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from fabench.tasks._spec import Cell
 from fabench.tasks.cell_run import CellOutcome, record_failure, run_cell
+from fabench.train.interrupt import StopFlag, stop_on_signals
 
 #: Seconds the parent waits for busy workers to checkpoint after Ctrl-C before killing them.
 STOP_GRACE_S = 120.0
@@ -60,8 +61,6 @@ def _worker_main(conn, env: dict[str, str], force: bool) -> None:
     os.environ.update(env)
     os.setpgrp()  # Ctrl-C goes to the parent, which stops workers in order
     _die_with_parent()
-    from fabench.train.interrupt import stop_on_signals
-
     with stop_on_signals():  # a stop before a cell's run installs its own flag is not lost
         _serve_cells(conn, force)
 
@@ -104,27 +103,21 @@ def worker_envs(options: GridOptions, n_cells: int) -> list[dict[str, str]]:
     return envs[:max(1, n_cells)]
 
 
-class _StopSignals:
-    """Counts the SIGINTs and SIGTERMs the grid's process receives while the pool runs.
+class _CountingStop(StopFlag):
+    """The grid process's stop flag: counts the SIGINTs and SIGTERMs received while the pool runs.
 
-    The handlers are the pool's own, whatever dispositions the process inherited, and they only
-    count: the pool acts on the count between its waits, never half-way through a pipe write.
+    Installed with :func:`fabench.train.interrupt.stop_on_signals`, whatever dispositions the
+    process inherited; it never raises: the pool acts on the count between its waits, never
+    half-way through a pipe write.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.count = 0
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        self.requested, self.signal_name = True, signal.Signals(signum).name
 
 
 @dataclass
@@ -266,7 +259,7 @@ class WorkerPool:
         The first signal asks busy workers to checkpoint and stop (SIGTERM); a second one, or
         :data:`STOP_GRACE_S` without them stopping, kills them (their last checkpoints remain).
         """
-        with _StopSignals().installed() as signals:
+        with stop_on_signals(_CountingStop()) as signals:
             for slot in self.slots:
                 self._dispatch(slot)
             deadline = None

@@ -61,6 +61,11 @@ def study_name(task: Task, cell: Cell) -> str:
     return "/".join([*parts, cell.variant] if cell.variant else parts)
 
 
+def trial_results_dir(results_dir: str | Path) -> Path:
+    """The results folder of the trials' runs (and of the default study database)."""
+    return Path(results_dir) / TUNE_FOLDER
+
+
 def tuning_cells(cells: list[Cell]) -> list[Cell]:
     """One cell per rule x arch x dataset x variant (the first seed's), in grid order."""
     seen, out = set(), []
@@ -76,7 +81,7 @@ def storage_url(results_dir: Path, task: Task, given: str | None) -> str:
     """The study storage: ``given``, or an SQLite file under ``RESULTS/tune/``."""
     if given:
         return given
-    folder = (Path(results_dir) / TUNE_FOLDER).resolve()
+    folder = trial_results_dir(results_dir).resolve()
     return f"sqlite:///{folder / (task.name + '.db')}"
 
 
@@ -122,7 +127,7 @@ def trial_config(cell: Cell, spec: TuneSpec, values: dict, results_dir: str, see
     """The RunConfig of one seed of a trial: the cell's settings, the trial's values, the protocol."""
     config = dataclasses.replace(
         cell.config, **values, seed=seed, epochs=spec.epochs or cell.config.epochs,
-        val_split=spec.val_split, results_dir=str(Path(results_dir) / TUNE_FOLDER), progress=False,
+        val_split=spec.val_split, results_dir=str(trial_results_dir(results_dir)), progress=False,
         diagnostics="off")
     return config.validate()
 
@@ -248,7 +253,7 @@ def _recover_stale(study, storage, cell: Cell) -> None:
 
     from fabench.tasks.cell_run import run_dir_busy
 
-    results = Path(cell.config.results_dir) / TUNE_FOLDER / cell.config.task
+    results = trial_results_dir(cell.config.results_dir) / cell.config.task
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if run_id and run_dir_busy(results / run_id):
@@ -353,9 +358,12 @@ def _value_of(param: Param, trial_params: dict, base: dict):
 
 def tuned_cells(cells: list[Cell], task: Task, spec: TuneSpec, storage: str) -> list[Cell]:
     """The cells with their tuned settings (``grid --tuned``); FabenchError for an untuned cell."""
-    out = []
+    out, best_of = [], {}
     for cell in cells:
-        best = best_settings(storage, task, cell, spec)
+        name = study_name(task, cell)  # the task's seeds of one cell share its study: read it once
+        if name not in best_of:
+            best_of[name] = best_settings(storage, task, cell, spec)
+        best = best_of[name]
         if best is None:
             raise FabenchError(f"cell {cell.label} has no tuned settings in {storage}; run `fabench tune {task.name}` first")
         config = dataclasses.replace(cell.config, **best.values, tuned=f"{best.study}#{best.trial}").validate()
