@@ -79,7 +79,7 @@ def stream_bytes(key: int, count: int) -> torch.Tensor:
 
 
 def hand_drawn(seed: int, name: str, purpose: str, rows: int, cols: int, std: float) -> torch.Tensor:
-    """The matrix as the README defines it: entry (r, c) is the stream's entry r·cols + c, (2b + 1)·std/σ."""
+    """The matrix as docs/dfa.md defines it: entry (r, c) is the stream's entry r·cols + c, (2b + 1)·std/σ."""
     key = int.from_bytes(hashlib.blake2b(f"{seed}\x00{name}\x00{purpose}\x00counter".encode(),
                                          digest_size=8).digest(), "little")
     levels = stream_bytes(key, rows * cols).float()

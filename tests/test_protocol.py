@@ -92,7 +92,7 @@ def test_tune_then_tuned_grid_gives_every_rule_a_result_above_chance(bars_task, 
     results = tmp_path / "results"
     tuned = fabench("tune", str(bars_task), "--results-dir", str(results), cwd=tmp_path)
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
-    assert "each 3 trials x 1 seed(s) x 3 epochs (the same budget for every rule)" in tuned.stdout
+    assert "each 3 trials x 1 seed(s) x 3 epochs (the same budget for every rule; pruning from epoch 1)" in tuned.stdout
     for study in studies(results, "bars").values():
         states = [t.state.name for t in study.trials]
         assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}, states

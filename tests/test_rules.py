@@ -85,7 +85,7 @@ def test_feedback_equal_to_weight_reproduces_backprop(model_name, rule, monkeypa
 
 
 def reference_feedback(rule: str, module: nn.Module, rng_state) -> torch.Tensor:
-    """B computed straight from RULES.md's formulas, independently of the engine."""
+    """B computed straight from docs/rules.md's formulas, independently of the engine."""
     w = module.weight.detach()
     if rule == "bp":
         return w

@@ -135,7 +135,7 @@ BAD_CASES = {
     "schedule-without-milestones": ("overrides:\n  epochs: 3\n  schedule: multistep\n", 10,
                                     "--schedule multistep needs --milestones"),
     "bad-feedback-init": ("when:\n  - match: {rule: fa}\n    set:\n      feedback_init: gaussian\n", 11,
-                          "cell arch1/fa/cifar10-mini/s0: feedback init must be one of"),
+                          "--feedback-init must be one of auto, kaiming, xiao, xavier, weight, got 'gaussian'"),
 }
 BASE_BODY = """task: {name}
 version: 1

@@ -5,7 +5,6 @@ made to fail."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from cli_helpers import cli
 from torch import nn
 
 from fabench.errors import FabenchError
-from fabench.rules import RuleOptions, apply
+from fabench.rules import apply
 from fabench.tasks._spec import Cell
 from fabench.tasks.cell_run import run_cell
 from fabench.train import run
@@ -122,11 +121,6 @@ def test_sn_norm_and_ei_mode_are_run_options_in_run_id_and_manifest(tmp_path):
     assert manifest["rule"]["options"]["sn_norm"] == "spectral" and manifest["rule"]["kind"] == "sn"
     keep = RunConfig(**QUICK, rule="fa-usf+ei", ei_mode="keep-sign")
     assert keep.run_id != RunConfig(**QUICK, rule="fa-usf+ei").run_id
-
-
-def test_run_options_default_to_the_engines_own_defaults():
-    # a run that leaves an option unset must get what apply() would use, or check_used_by refuses it
-    assert RunConfig().rule_options() == dataclasses.asdict(RuleOptions())
 
 
 def test_multihead_attention_out_proj_is_refused_by_name_not_counted_covered():

@@ -174,13 +174,6 @@ def test_runs_that_differ_only_in_exclude_are_not_averaged_as_seeds(tmp_path):
     assert sorted((r["exclude"], r["n"]) for r in records) == [("", "1"), ('["features.*"]', "1")]
 
 
-def test_every_run_id_setting_has_a_runs_csv_column():
-    from fabench.train import schema
-    from fabench.train.config import NON_IDENTITY_FIELDS
-
-    assert set(RunConfig.field_names()) - NON_IDENTITY_FIELDS <= set(schema.CONFIG_COLUMNS)
-
-
 # --- 3, 4. settings a run would ignore, and numbers it cannot use, in task files ---------------
 
 TASK = """task: t

@@ -4,7 +4,7 @@ Every architecture initialises itself (fabench's own nets with Kaiming-normal fa
 gain; timm and torchvision with their own schemes). A run may replace that, because how a
 feedback rule behaves depends on where the forward weights start: plain feedback alignment
 grows the forward weights while they align with B, and from large (Kaiming) weights that
-growth blows the logits up, while from Xavier or smaller weights it does not (README, "What
+growth blows the logits up, while from Xavier or smaller weights it does not (docs/reproductions.md, "What
 makes plain FA learn").
 
 Schemes (``weight_init``):
@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from fabench.errors import FabenchError
-
-WEIGHT_INITS = ("default", "xavier-uniform", "xavier-normal", "kaiming-normal", "kaiming-uniform")
+from fabench.setting_values import WEIGHT_INITS
 
 _DRAWS = {
     "xavier-uniform": lambda w: nn.init.xavier_uniform_(w),

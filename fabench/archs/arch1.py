@@ -1,6 +1,6 @@
 """``arch1``: "Architecture 1", the small CIFAR-10 network of the paper's CIFAR experiment.
 
-Layers (RULES.md, "Architectures"): conv 5×5 C→64, ReLU, max-pool 2; conv 5×5 64→64, ReLU,
+Layers (docs/rules.md, "Architectures tied to the paper"): conv 5×5 C→64, ReLU, max-pool 2; conv 5×5 64→64, ReLU,
 max-pool 2; fc 576→384, ReLU; fc 384→192, ReLU; fc 192→classes. Inputs are 24×24 crops of
 the 32×32 images (``default_image_size`` gives 24; the ``crop24`` augmentation makes them).
 

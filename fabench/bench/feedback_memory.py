@@ -212,13 +212,13 @@ def run_feedback_memory_benchmark(cases, rules, *, steps: int = 2, batch_size: i
     ``on_row`` gets each row as it is measured, ``on_rates`` the machine's :class:`MachineRates`.
     """
     from fabench.errors import FabenchError, unknown_choice
-    from fabench.rules import DIRECT_KINDS, parse_rule
+    from fabench.rules import DirectRule, parse_rule
 
     for name in cases:
         if name not in CASES:
             raise unknown_choice("feedback-memory case", name, CASES)
     for rule in rules:
-        if parse_rule(rule).base.kind not in DIRECT_KINDS:
+        if not issubclass(parse_rule(rule).base, DirectRule):
             raise FabenchError(f"bench feedback-memory measures dfa, dfa-conv, dfa-wht and dense-fa, got '{rule}'")
     dev = torch.device(device)
     rates = measure_rates(dev)

@@ -43,6 +43,19 @@ class BenchSetup:
     num_classes: int
     device: str = "cpu"
     seed: int = 0
+    #: files or modules whose rules to load (``--plugin``), in this process and the memory pass's
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from fabench.rules import load_plugins
+
+        object.__setattr__(self, "plugins", tuple(self.plugins))  # a JSON list in the memory pass
+        load_plugins(self.plugins)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape, so that rules that plan from it (dfa's matrices, dkp's) do so at attach."""
+        return 3, self.image_size, self.image_size
 
     def check(self) -> BenchSetup:
         """Refuse, with one line each, what the benchmark cannot run; build and run the model once."""
@@ -114,7 +127,7 @@ def measure_memory(setup: BenchSetup, rules) -> dict[str, tuple[float, float, fl
     model, optimizer, step, dev = _build(setup)
     figures = {}
     for rule in rules:
-        handle = apply(model, rule, seed=setup.seed)
+        handle = apply(model, rule, seed=setup.seed, input_shape=setup.input_shape)
         handle.attach_optimizer(optimizer)
         step()
         step()
@@ -154,7 +167,7 @@ def measure_time(setup: BenchSetup, rules, *, steps: int, rounds: int) -> dict[s
     for round_index in range(rounds + 1):  # round 0 warms up and is discarded
         shift = round_index % len(labels)
         for rule in [*labels[shift:], *labels[:shift]]:
-            handle = apply(model, "bp" if rule == CONTROL else rule, seed=setup.seed)
+            handle = apply(model, "bp" if rule == CONTROL else rule, seed=setup.seed, input_shape=setup.input_shape)
             handle.attach_optimizer(optimizer)
             step()
             for _ in range(steps):
@@ -178,7 +191,7 @@ def measure_model(setup: BenchSetup, rules) -> dict[str, tuple[float, float]]:
     rates = measure_rates(dev)
     figures = {}
     for rule in rules:
-        handle = apply(model, rule, seed=setup.seed)
+        handle = apply(model, rule, seed=setup.seed, input_shape=setup.input_shape)
         work = step_work(model, handle, x)
         figures[rule] = (1000 * roofline_seconds(work, rates), work.flops / 1e9)
         handle.remove()

@@ -19,9 +19,9 @@ one after another:
   for ``dense-fa``), reading that matrix (or signs) and e (or δy); every δx kernel writes the
   input's map. Direct matrices count as materialised (held); the tiled form's redrawing is what
   ``fabench bench feedback-memory`` measures;
-- random numbers drawn: ``fa-brsf``'s fresh magnitudes (``|W|``), the weight mirror's noise ξ
-  per layer and mirror step, whose response and correlation add a kernel
-  (:func:`fabench.rules.mirror_work`, from the mirror's own noise shape).
+- what the rule itself adds, as its class counts it (``Rule.step_work``): random numbers drawn
+  (``fa-brsf``'s fresh magnitudes ``|W|``, the weight mirror's noise ξ per layer and mirror
+  step) and extra kernels (the mirror's response and correlation, from its own noise shape).
 
 All in float32. :func:`roofline_seconds` turns a :class:`Work` into time with this machine's
 measured rates: per *kernel*, ``max(FLOPs / matmul rate, bytes / copy bandwidth)``, summed, plus
@@ -125,25 +125,22 @@ def _dx_kernel(handle, name: str, in_shape: tuple, out_shape: tuple, classes: in
 
 
 def step_work(model: nn.Module, handle, x: torch.Tensor) -> Work:
-    """The work of one training step of ``model`` under ``handle``'s rule on batch ``x``."""
-    from fabench.rules import mirror_work, steps_per_training_step
-
+    """The work of one training step of ``model`` under ``handle``'s rule on batch ``x``: forward,
+    weight gradient and δx per covered layer, plus what the rule itself adds (``handle.step_work``:
+    ``fa-brsf``'s fresh magnitudes, the weight mirror's phase, a plugin rule's own kernels)."""
     shapes = _shapes(model, handle, x)
     classes = model(x[:1]).shape[-1]
     work = Work()
     for name, (in_shape, out_shape, needs_dx) in shapes.items():
-        module, kind = handle.layers[name], handle.kind(name)
+        module = handle.layers[name]
         macs = _macs(module, in_shape, out_shape)
         maps = 4.0 * (math.prod(in_shape) + math.prod(out_shape) + module.weight.numel())
         layer = LayerWork(name, kernels=[(2.0 * macs, maps), (2.0 * macs, maps)])  # forward, weight gradient
         if needs_dx:
             layer.kernels.append(_dx_kernel(handle, name, in_shape, out_shape, classes, macs))
-            layer.draws += module.weight.numel() if kind == "brsf" else 0.0
-        if kind == "wm":
-            flops, noise = mirror_work(module)
-            steps = steps_per_training_step(handle.options)
-            layer.kernels.append((steps * flops, 4.0 * 2 * steps * module.weight.numel()))
-            layer.draws += steps * noise
+        kernels, draws = handle.step_work(name, needs_dx)
+        layer.kernels += kernels
+        layer.draws += draws
         work.layers.append(layer)
     return work
 

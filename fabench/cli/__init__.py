@@ -13,6 +13,7 @@ import sys
 import typer
 
 from fabench import __version__
+from fabench._allocator import keep_freed_memory
 from fabench.errors import FabenchError
 
 app = typer.Typer(
@@ -81,7 +82,8 @@ def _usage_error_line(err) -> str:
     """One line for a click usage error: its message and where to read the usage."""
     ctx = getattr(err, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return f"fabench: error: {err.format_message().strip().splitlines()[-1]}{where}"
+    message = err.format_message().strip().splitlines()[-1].replace("Value error, ", "")  # typer's validator prefix
+    return f"fabench: error: {message}{where}"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -91,6 +93,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    keep_freed_memory()
     if not isinstance(sys.stdout, _PipeSafeStream):
         sys.stdout = _PipeSafeStream(sys.stdout)
     _register_commands()

@@ -21,6 +21,7 @@ def bench_rules(
     steps: int = typer.Option(5, help="Timed steps per rule per round."),
     rounds: int = typer.Option(3, help="Rounds over all rules (after one warm-up round)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    plugin: list[str] = typer.Option([], "--plugin", help="A .py file or module whose rules to load (repeatable)."),
 ) -> None:
     """Train a few steps of ARCH under each rule; print median step time and peak memory vs bp.
 
@@ -33,7 +34,7 @@ def bench_rules(
     from fabench.bench.rules import BenchSetup, run_rule_benchmark
 
     names = ["bp", *[r.strip() for r in rules.split(",") if r.strip() and r.strip() != "bp"]]
-    setup = BenchSetup(arch, batch_size, image_size, num_classes, device)
+    setup = BenchSetup(arch, batch_size, image_size, num_classes, device, plugins=tuple(plugin))
     figures = run_rule_benchmark(setup, names, steps=steps, rounds=rounds)
     base = figures[0]
     table = Table(title=f"{arch}, batch {batch_size}, {image_size}x{image_size}, {device}: ratios to bp")

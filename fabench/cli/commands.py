@@ -9,4 +9,7 @@ from fabench.cli import run_cmd, bench_loop
 from fabench.cli import bench_probe
 from fabench.cli import bench_feedback
 from fabench.cli import bench_prior_art
+from fabench.cli import bench_pipeline
 from fabench.cli import tune_cmd
+from fabench.cli import bench_peak
+from fabench.cli import index_cmd

@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from fabench.cli import app
+from fabench.cli.choices import choice_type
+from fabench.report.table import FORMATS, METRICS
+
+#: What ``fabench plot`` draws.
+PLOT_KINDS = ("curves", "alignment")
+Format = choice_type("Format", FORMATS)
+Metric = choice_type("Metric", (*METRICS, "alignment"))
+PlotKind = choice_type("PlotKind", PLOT_KINDS)
 
 ResultsOption = Annotated[Path, typer.Option("--results-dir", help="Results folder holding runs.csv.")]
 TaskFilter = Annotated[str | None, typer.Option("--task", help="fnmatch filter on task name.")]
@@ -42,18 +50,17 @@ def table(
     rows: Annotated[str | None, typer.Option(help="Column(s) down the side, comma-separated. [default: arch]")] = None,
     cols: Annotated[str | None, typer.Option(help="Column(s) across the top. [default: rule]")] = None,
     by: Annotated[str | None, typer.Option(help="One table per value of these. [default: dataset]")] = None,
-    metric: Annotated[str, typer.Option(help="top1-err, top5-err, top1, top5, best-top1, best-top5, best-top1-err, test-at-best-val, test-at-best-val-err, train-loss, first-train-loss, train-time, images-per-s, alignment (mean δx angle to backprop).")] = "top1-err",
-    fmt: Annotated[str, typer.Option("--format", help="rich, markdown, csv or latex.")] = "rich",
+    metric: Annotated[Metric, typer.Option(help="What the cells show (alignment: the mean δx angle to backprop).")] = Metric("top1-err"),
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format("rich"),
     compare: Annotated[str | None, typer.Option(help="'published': show published numbers beside, with the difference.")] = None,
     vs: Annotated[str | None, typer.Option("--vs", help="A rule, e.g. bp: show each rule's paired difference from it over matched seeds, with its 95 % interval.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
 ) -> None:
     """Mean and 95 % interval over seeds of a metric, per arch × rule for each dataset (by default)."""
-    from fabench.errors import FabenchError, unknown_choice
+    from fabench.errors import FabenchError
     from fabench.report import table as tables
 
-    if fmt not in tables.FORMATS:
-        raise unknown_choice("format", fmt, tables.FORMATS)
+    metric, fmt = metric.value, fmt.value
     if compare is not None and compare != "published":
         raise FabenchError(f"--compare takes 'published', got '{compare}'")
     if vs is not None and (compare is not None or metric == "alignment"):
@@ -99,7 +106,7 @@ def table(
 
 @app.command("plot")
 def plot(
-    kind: Annotated[str, typer.Argument(help="curves (accuracy and loss), or alignment (per-layer δx angle and error norm).")] = "curves",
+    kind: Annotated[PlotKind, typer.Argument(help="curves (accuracy and loss), or alignment (per-layer δx angle and error norm).")] = PlotKind("curves"),
     results_dir: ResultsOption = Path("results"),
     task: TaskFilter = None,
     rule: RuleFilter = None,
@@ -113,8 +120,7 @@ def plot(
     from fabench.errors import FabenchError
     from fabench.report.plot import default_plot_path, plot_curves
 
-    if kind not in ("curves", "alignment"):
-        raise FabenchError(f"plot KIND must be curves or alignment, got '{kind}'")
+    kind = kind.value
     if out is not None and out.suffix.lower() != ".png":
         raise FabenchError(f"--out must end in .png, got '{out}'")
     from fabench.train.records import check_output_file, disk_errors

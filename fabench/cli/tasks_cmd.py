@@ -7,6 +7,7 @@ exiting with it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,14 +16,22 @@ import typer
 from rich.console import Console
 
 from fabench.cli import app
+from fabench.cli.choices import choice_type
 from fabench.cli.ls import ls_app
 from fabench.cli.single_use import SingleUseCommand
+from fabench.tasks.submit import LAUNCHERS
+
+Launcher = choice_type("Launcher", LAUNCHERS)
 
 TasksDirOption = Annotated[
     list[Path] | None,
     typer.Option("--tasks-dir", help="Folder of task files (repeatable); replaces the default ./tasks and the source tree's tasks/."),
 ]
 
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="A .py file or module whose rules to load (repeatable); installed packages' rules load by themselves."),
+]
 
 StorageOption = Annotated[
     str | None,
@@ -83,9 +92,13 @@ def _print_tasks(rows: list[tuple[str, str, str, str]]) -> None:
 def validate(
     files: Annotated[list[str] | None, typer.Argument(help="Task files or task names; default: every file in the task folders.")] = None,
     tasks_dir: TasksDirOption = None,
+    plugin: PluginOption = None,
 ) -> None:
     """Check task files: YAML, keys, rules, archs, datasets, settings, includes. Problems name file:line; exit 1."""
+    from fabench.rules import load_plugins
     from fabench.tasks import check_file, duplicate_names, task_dirs, task_files
+
+    load_plugins(plugin)
 
     paths = _validate_targets(files, tasks_dir) if files else task_files(task_dirs(tasks_dir), fragments=True)
     if not paths:
@@ -162,7 +175,7 @@ def grid(
     tasks_dir: TasksDirOption = None,
     tuned: Annotated[bool | None, typer.Option("--tuned/--untuned", help="Run each cell with its rule's tuned settings from `fabench tune` (default: the task's 'tuned:').")] = None,
     storage: StorageOption = None,
-    launcher: Annotated[str, typer.Option(help="local (worker processes here) or submitit (a SLURM job array; pip install 'fabench\\[slurm]').")] = "local",
+    launcher: Annotated[Launcher, typer.Option(help="local (worker processes here) or submitit (a SLURM job array; pip install 'fabench\\[slurm]'); submitit-local runs submitit's executor here.")] = Launcher("local"),
     slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition of the array's jobs.", rich_help_panel="SLURM (--launcher submitit)")] = None,
     slurm_time: Annotated[str | None, typer.Option(help="Time limit per cell: minutes or a SLURM time such as 4:00:00 or 1-00:00:00 (default 4:00:00).", rich_help_panel="SLURM (--launcher submitit)")] = None,
     slurm_gpus_per_cell: Annotated[int | None, typer.Option(help="GPUs per cell, one DDP process each (0: CPU-only cells) (default 1).", min=0, rich_help_panel="SLURM (--launcher submitit)")] = None,
@@ -171,6 +184,7 @@ def grid(
     slurm_folder: Annotated[Path | None, typer.Option(help="submitit's folder of scripts, logs and pickles (%A: the array job id) (default RESULTS_DIR/submitit/%A).", rich_help_panel="SLURM (--launcher submitit)")] = None,
     slurm_extra: Annotated[list[str] | None, typer.Option(help="Any other sbatch option as KEY=VALUE, e.g. account=proj, qos=high (repeatable).", rich_help_panel="SLURM (--launcher submitit)")] = None,
     slurm_wait: Annotated[bool, typer.Option("--slurm-wait", help="Wait for the array to finish and print the grid summary.", rich_help_panel="SLURM (--launcher submitit)")] = False,
+    plugin: PluginOption = None,
 ) -> None:
     """Run a task's grid of cells (rules x archs x datasets x seeds), skipping finished ones."""
     from fabench.errors import FabenchError
@@ -182,9 +196,7 @@ def grid(
         parse_gpus,
         run_grid,
     )
-    from fabench.tasks.submit import check_launcher
-
-    check_launcher(launcher)
+    launcher = launcher.value
     slurm = {"partition": slurm_partition, "time": slurm_time, "gpus_per_cell": slurm_gpus_per_cell,
              "cpus_per_task": slurm_cpus_per_task, "array_parallelism": slurm_array_parallelism,
              "folder": slurm_folder, "extra": slurm_extra, "wait": slurm_wait or None}
@@ -194,12 +206,19 @@ def grid(
     if launcher != "local" and gpus:
         raise FabenchError("--gpus places local workers; with --launcher submitit use --slurm-gpus-per-cell")
     slurm_options = _slurm_options(slurm, results_dir) if launcher != "local" else None
+    from fabench.rules import absolute_plugins, load_plugins
+
+    plugins = absolute_plugins(plugin)
+    load_plugins(plugins)  # before the task's rules are checked
     loaded = load_task(task, task_dirs(tasks_dir))
     gpu_ids = parse_gpus(gpus)
     placement = {"results_dir": str(results_dir), "data_dir": str(data_dir), "device": "cuda" if gpu_ids else device, "progress": False}
     if launcher == "local" and not dry_run:
         check_placement(placement["device"], gpu_ids)
     cells = select_cells(loaded.cells(**placement), rule=rule, arch=arch, dataset=dataset, seed=seed, variant=variant, limit=limit)
+    if plugins:  # every cell's process loads them (workers, SLURM jobs); they join each run's identity
+        cells = [dataclasses.replace(c, config=dataclasses.replace(
+            c.config, plugins=tuple(dict.fromkeys((*c.config.plugins, *plugins))))) for c in cells]
     if not cells:
         typer.echo(f"fabench: no cell of task '{loaded.name}' matches the filters", err=True)
         raise SystemExit(1)
@@ -210,7 +229,11 @@ def grid(
     elif storage:
         raise FabenchError("--storage names the tuning studies; it needs --tuned")
     if dry_run:
-        dry_run_report(loaded, cells, results_dir, force=force)
+        from fabench.bench.gpu_hours import ESTIMATE_TITLE, gpu_hours_text
+
+        dry_run_report(loaded, cells, results_dir, force=force, estimate=(ESTIMATE_TITLE, gpu_hours_text))
+        typer.echo(f"{ESTIMATE_TITLE}: GPU-hours of each cell's training from the work model at an A100's float32 "
+                   "peak (covered layers only; an estimate, not a bound; ? where unknown)")
         return
     if launcher != "local":
         from fabench.tasks.submit import submit_grid

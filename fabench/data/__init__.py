@@ -14,7 +14,10 @@ Public surface::
     AUGMENTATIONS: {policy name: AugmentPolicy}
 
 Small datasets live in memory as uint8 and are served from device memory (``_loader``);
-ImageNet is streamed by DataLoader workers (``_imagenet``). Embedded samples are built by
+ImageNet is streamed by DataLoader workers (``_imagenet``) that crop to uint8
+(``_folder_crops``: ``TrainCrop``, ``EvalCrop``), normalised on the device (``_folder_batches``:
+``FolderBatches``; ``JpegPlan`` and ``DeviceDecoder`` when the device decodes the JPEGs).
+Downsampled ImageNet (``imagenet16/32/64``, ``_downsampled``) is held like the small datasets. Embedded samples are built by
 ``make_embedded.py`` (provenance in its docstring).
 """
 
@@ -27,23 +30,35 @@ from fabench.data._factory import (
     list_datasets,
     load_dataset,
 )
-from fabench.data._imagenet import FolderDataset
+from fabench.data._folder_batches import DeviceDecoder, FolderBatches, JpegPlan
+from fabench.data._folder_crops import EvalCrop, TrainCrop, TrainRegion, open_lazily
+from fabench.data._imagenet import IMAGENET_MEAN, IMAGENET_STD, FolderDataset, default_workers
 from fabench.data._loader import DeviceLoader, test_batches, train_batches
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "AugmentPolicy",
+    "DeviceDecoder",
     "DeviceLoader",
+    "EvalCrop",
+    "FolderBatches",
     "FolderDataset",
     "InMemoryDataset",
+    "JpegPlan",
     "Splits",
+    "TrainCrop",
+    "TrainRegion",
     "balanced_subset",
     "channel_stats",
     "check_dataset",
     "dataset_identity",
+    "default_workers",
     "list_datasets",
     "load_dataset",
+    "open_lazily",
     "test_batches",
     "train_batches",
 ]

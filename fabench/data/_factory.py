@@ -1,7 +1,8 @@
 """Dataset names, their loaders, and :func:`load_dataset`.
 
 Names: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` (torchvision files under
-``data_dir``), ``imagenet`` (an ImageFolder tree, streamed), ``cifar10-mini`` and
+``data_dir``), ``imagenet`` (an ImageFolder tree, streamed), ``imagenet16``, ``imagenet32`` and
+``imagenet64`` (Downsampled ImageNet's npz files under ``data_dir``), ``cifar10-mini`` and
 ``mnist-mini`` (embedded in the package, no files needed), or the path of any ``.npz`` file.
 
 Default augmentation: ``cifar`` for the colour datasets (``crop24`` when 24-pixel inputs are
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fabench._registry import Registry
+from fabench.data import _downsampled
 from fabench.data._dataset import (
     InMemoryDataset,
     Splits,
@@ -111,6 +113,15 @@ _register(
     "imagenet",
     fingerprint=folder_fingerprint,
 )
+for _side in _downsampled.SIDES:
+    _register(
+        f"imagenet{_side}",
+        f"Downsampled ImageNet (Chrabaszcz et al. 2017), 1281167/50000, 3x{_side}x{_side}, 1000 classes "
+        f"(official npz batch files in DATA_DIR/imagenet{_side})",
+        lambda data_dir, side=_side: _downsampled.read_downsampled(data_dir, side),
+        "cifar",
+        fingerprint=lambda data_dir, side=_side: _downsampled.files_fingerprint(data_dir, side),
+    )
 _register(
     "cifar10-mini",
     "embedded CIFAR-10 sample, 5000/1000 class-balanced; JPEG re-encoded pixels, "
@@ -238,6 +249,7 @@ def load_dataset(
     image_size: int | None = None,
     augment: str | None = None,
     val_split: int = 0,
+    decode: str = "cpu",
 ) -> InMemoryDataset | FolderDataset:
     """Load dataset ``name`` (a registered name or a ``.npz`` path).
 
@@ -245,8 +257,9 @@ def load_dataset(
     ``seed`` (the only thing ``seed`` affects). ``image_size``: side of the batches (None =
     native). ``augment``: override the default policy. ``val_split``: hold out this many
     class-balanced training images (chosen by ``seed``, before ``subset``) as a validation
-    split that is never trained on. Returns an :class:`InMemoryDataset`, or a
-    :class:`FolderDataset` for ``imagenet``.
+    split that is never trained on. ``decode``: where a folder dataset's JPEGs are decoded,
+    ``cpu`` (the DataLoader workers) or ``gpu`` (the run's device). Returns an
+    :class:`InMemoryDataset`, or a :class:`FolderDataset` for ``imagenet``.
     """
     check_dataset(name)
     if image_size is not None and image_size < 1:
@@ -263,6 +276,7 @@ def load_dataset(
             seed=seed,
             image_size=image_size,
             description=spec.description,
+            decode=decode,
         )
     if name in DATASETS:
         spec = DATASETS.get(name)

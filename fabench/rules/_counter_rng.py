@@ -23,7 +23,7 @@ whole matrix again at every step (2·10⁹ entries for ResNet-18 at 224 px, 1000
   different draws from the same seed.
 
 The price is the distribution: 256 uniform levels instead of a Gaussian. DFA needs a fixed
-random matrix of i.i.d. zero-mean entries with the chosen std (RULES.md names no distribution);
+random matrix of i.i.d. zero-mean entries with the chosen std (the rule definitions, docs/rules.md, name no distribution);
 the levels give exactly that std, and ``tests/test_counter_rng.py`` checks the words against a
 plain Python SplitMix64 and the levels' moments.
 

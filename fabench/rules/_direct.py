@@ -55,28 +55,20 @@ from torch import nn
 
 from fabench.errors import FabenchError
 from fabench.rules import _dfa, _init, _tiles
+from fabench.rules._base import Rule
 from fabench.rules._functions import RuleConv2d, RuleLinear
-from fabench.rules._handle import FeedbackHandle
-from fabench.rules._layers import DIRECT_ATTR, MATRIX_BUFFER
-from fabench.rules._spec import FAMILIES
-from fabench.rules._tiles import MemoryPolicy, RandomMatrix
+from fabench.rules._layers import DIRECT_ATTR
+from fabench.rules._options import FEEDBACK_INIT, FEEDBACK_SCALE, feedback_std
+from fabench.rules._tiles import MemoryPolicy, RandomMatrix, parse_feedback_memory
 
-#: Rule kinds served here; a Linear layer may map to another kind (see :func:`layer_kind`).
-DIRECT_KINDS = ("dfa", "dfa-conv", "dfa-wht", "dense")
+#: The buffer key of a materialised matrix (``feedback_matrix``, not persistent).
+MATRIX_KEY = "matrix"
+MATRIX_BUFFER = "feedback_matrix"
 #: Longest Walsh–Hadamard transform done as one product with the whole ``H_n`` (see walsh_hadamard).
 DENSE_HADAMARD_MAX = 64
 #: Root-model attribute holding the handle's :class:`DirectState`. The root hooks look it up
 #: there (not in a closure), so a deep copy of the model carries a consistent copy of it.
 STATE_ATTR = "_fabench_direct_state"
-
-
-def layer_kind(kind: str, module: nn.Module) -> str:
-    """The kind one layer gets: dense-fa's Linear layers are plain ``fa``; dfa-conv's are ``dfa``."""
-    if isinstance(module, nn.Linear) and kind == "dense":
-        return "fixed"
-    if isinstance(module, nn.Linear) and kind == "dfa-conv":
-        return "dfa"
-    return kind
 
 
 def _virtual_std(weight_shape: tuple[int, int], module: nn.Module, scale: float | None, init: str) -> float:
@@ -107,6 +99,8 @@ class DirectState:
     model_type: str
     policy: MemoryPolicy
     captures_error: bool
+    #: what the layers receive in place of the output error e (the rule's ``output_signal``)
+    signal: object = None
     form: str | None = None
     num_classes: int | None = None
     slot: _dfa.ErrorSlot | None = None
@@ -139,8 +133,8 @@ class LayerFeedback:
     purpose = "abstract"
 
     def __init__(self, name: str, module: nn.Module, state: DirectState, seed: int,
-                 scale: float | None, init: str) -> None:
-        self.name, self.module, self.state = name, module, state
+                 scale: float | None, init: str, layer=None) -> None:
+        self.name, self.module, self.state, self.layer = name, module, state, layer
         self.seed, self.scale, self.init = seed, scale, init
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
@@ -156,14 +150,13 @@ class LayerFeedback:
 
     def conv2d(self, x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
         """The layer's conv call, with δx from this feedback (called by the engine's layer forward)."""
-        out = RuleConv2d.apply(x, weight, bias, None, None, self, self.state.slot, "direct", stride, padding, dilation,
-                               groups)
+        out = RuleConv2d.apply(x, weight, bias, None, self, self.state.slot, stride, padding, dilation, groups)
         self.observe(x, out)
         return out
 
     def linear(self, x, weight, bias) -> torch.Tensor:
         """The layer's linear call, with δx from this feedback (called by the engine's layer forward)."""
-        out = RuleLinear.apply(x, weight, bias, None, None, self, self.state.slot, "direct")
+        out = RuleLinear.apply(x, weight, bias, None, self, self.state.slot)
         self.observe(x, out)
         return out
 
@@ -207,7 +200,7 @@ class LayerFeedback:
                 raise FabenchError(f"{self.state.rule}: layer '{self.name}' needs {need / 2**20:.0f} MiB of feedback "
                                    f"matrix but {free / 2**20:.0f} MiB is free on {device}; use feedback_memory=tiled")
             buffer = self.draw(device=device, dtype=dtype)
-            self.module.register_buffer(MATRIX_BUFFER, buffer, persistent=False)
+            self.layer.add_buffer(MATRIX_KEY, buffer, persistent=False, saved=False)
         return buffer.to(device=device, dtype=dtype)
 
     # -- backward side ------------------------------------------------------------------
@@ -217,6 +210,12 @@ class LayerFeedback:
             raise FabenchError(f"layer '{self.name}' was planned for inputs of shape {self.in_shape} per sample and "
                                f"now gets {tuple(x.shape[1:])}: {self.state.rule}'s matrices are fixed to the "
                                "sizes of the first training step; keep the image size fixed while training")
+
+    def error(self, slot, batch: int) -> torch.Tensor:
+        """What this layer's feedback multiplies: the output error e of its forward pass, through the
+        rule's :meth:`DirectRule.output_signal`."""
+        error = _dfa.error_for(slot, self.name, batch)
+        return error if self.state.signal is None else self.state.signal(error)
 
     def input_grad(self, grad_out: torch.Tensor, x: torch.Tensor, slot, geometry=None) -> torch.Tensor:
         """δx for input ``x`` given δy, the error slot and the conv's (stride, padding, dilation, groups)."""
@@ -248,7 +247,7 @@ class DenseDFA(LayerFeedback):
 
     def input_grad(self, grad_out, x, slot, geometry=None):
         self.check_shape(x)
-        error = _dfa.error_for(slot, self.name, x.shape[0])
+        error = self.error(slot, x.shape[0])
         dtype = self.compute_dtype()
         flat = self.matrix().times_transposed(error.to(dtype), self.held(dtype, x.device))
         return flat.view(x.shape)
@@ -291,7 +290,7 @@ class StructuredDFA(LayerFeedback):
 
     def input_grad(self, grad_out, x, slot, geometry=None):
         self.check_shape(x)
-        error = _dfa.error_for(slot, self.name, x.shape[0])
+        error = self.error(slot, x.shape[0])
         dtype = self.compute_dtype()
         taps = self.matrix().times(error.to(dtype), self.held(dtype, x.device))
         stride, padding, dilation, _ = geometry
@@ -372,7 +371,7 @@ class HadamardDFA(DenseDFA):
     at most ``batch · d_in · 64`` multiply-adds instead of ``dfa``'s ``batch · d_in · classes``.
     The structured random projection is the one of fast Johnson–Lindenstrauss transforms
     (Ailon & Chazelle 2006) and Fastfood (Le, Sarlós & Smola 2013); using it as DFA's feedback is
-    fabench's own variant (README, "DFA and dense FA").
+    fabench's own variant (docs/dfa.md).
     """
 
     purpose = "dfa-wht"
@@ -409,7 +408,7 @@ class HadamardDFA(DenseDFA):
 
     def input_grad(self, grad_out, x, slot, geometry=None):
         self.check_shape(x)
-        error = _dfa.error_for(slot, self.name, x.shape[0])
+        error = self.error(slot, x.shape[0])
         dtype = self.compute_dtype()
         return self.project(error.to(dtype), self.signs(dtype, x.device)).view(x.shape)
 
@@ -437,36 +436,66 @@ class DenseFA(LayerFeedback):
         return self.matrix().times(flat, self.held(dtype, x.device)).view(x.shape)
 
 
-_FEEDBACK_CLASSES = {"dfa": DenseDFA, "dfa-conv": StructuredDFA, "dfa-wht": HadamardDFA, "dense": DenseFA}
+class DirectRule(Rule):
+    """A rule whose layers form δx from their own fixed random matrix (:class:`LayerFeedback`).
 
+    ``conv_feedback`` / ``linear_feedback``: the :class:`LayerFeedback` subclass each kind of layer
+    gets; None gives that kind of layer ``fa``'s fixed B instead (dense-fa's Linear layers).
+    Rules of family ``direct`` receive the output error e (``output_signal`` may transform it).
+    """
 
-@dataclass
-class DirectHandle(FeedbackHandle):
-    """A :class:`FeedbackHandle` whose layers use fixed random matrices; ``describe`` adds the plan."""
+    family = "direct"
+    options = (FEEDBACK_SCALE, FEEDBACK_INIT)
+    conv_feedback: type[LayerFeedback] | None = None
+    linear_feedback: type[LayerFeedback] | None = None
 
-    state: DirectState | None = None
-    root: nn.Module | None = None
+    def __init__(self, settings, seed: int) -> None:
+        super().__init__(settings, seed)
+        self.state: DirectState | None = None
+        self._layers: dict = {}
 
-    def remove(self) -> None:
-        """Plain backprop again: hooks, forwards, buffers and the root's shared state go."""
-        super().remove()
-        self.root.__dict__.pop(STATE_ATTR, None)
+    def feedback_class(self, layer) -> type[LayerFeedback] | None:
+        return self.conv_feedback if layer.is_conv else self.linear_feedback
 
-    def feedback(self, name: str) -> torch.Tensor:
-        """Layer ``name``'s fixed matrix, drawn whole (dfa ``[d_in, classes]``, dense-fa ``[d_out, d_in]``)."""
-        direct = self.direct_feedback(name)
-        if direct is None:
-            return super().feedback(name)
-        weight = self.layers[name].weight
-        return direct.dense(device=weight.device, dtype=weight.dtype)
+    def init_layer(self, layer) -> None:
+        if self.feedback_class(layer) is None:  # fa's draw and formula
+            layer.add_buffer("weight", layer.draw_normal(feedback_std(layer, self.settings), "fa"))
+
+    def feedback(self, layer, weight, buffers):
+        return buffers["weight"]
+
+    def output_signal(self, error: torch.Tensor) -> torch.Tensor:
+        """What the layers' matrices multiply in place of the output error ``e`` (default: e itself)."""
+        return error
+
+    def attach_model(self, model: nn.Module, layers, *, input_shape=None, feedback_memory: str = "auto") -> list:
+        """Give each layer its feedback object and the root model its hooks; plan now if ``input_shape``."""
+        captures = self.family == "direct"
+        signal = None if type(self).output_signal is DirectRule.output_signal else self.output_signal
+        self.state = state = DirectState(self.name, type(model).__name__, parse_feedback_memory(feedback_memory),
+                                         captures_error=captures, signal=signal)
+        self._layers = dict(layers)
+        for name, layer in layers.items():
+            cls = self.feedback_class(layer)
+            if cls is None:
+                continue
+            feedback = cls(name, layer.module, state, self.seed, self.settings.scale, self.settings.init, layer)
+            state.feedbacks[name] = feedback
+            layer.direct = feedback
+            setattr(layer.module, DIRECT_ATTR, feedback)
+        setattr(model, STATE_ATTR, state)
+        hooks = [model.register_forward_pre_hook(_open_slot), model.register_forward_hook(_after_forward),
+                 _StateRemoval(model)]
+        if input_shape is not None:
+            _probe(model, tuple(input_shape))
+        return hooks
 
     def describe(self) -> dict:
-        """The base summary plus which form ran and what the matrices take (see README)."""
-        summary = super().describe()
+        """Which form ran and what the matrices take (see docs/dfa.md)."""
         state = self.state
         matrices = [fb.matrix() for fb in state.planned()] if state.form else []
-        device = next((layer.weight.device for layer in self.layers.values()), torch.device("cpu"))
-        summary.update(
+        device = next((layer.weight.device for layer in self._layers.values()), torch.device("cpu"))
+        return dict(
             feedback_form=state.form or "pending",
             feedback_memory=state.policy.text,
             feedback_matrices=len(matrices),
@@ -474,7 +503,16 @@ class DirectHandle(FeedbackHandle):
             feedback_tile_mib=round(max((m.tile_rows(device) * m.cols * 4 for m in matrices), default=0) / 2**20, 3),
             tile_elements=_tiles.tile_elements(device),
         )
-        return summary
+
+
+class _StateRemoval:
+    """A handle whose ``remove()`` takes the shared state off the root model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def remove(self) -> None:
+        self.model.__dict__.pop(STATE_ATTR, None)
 
 
 def _probe(model: nn.Module, input_shape) -> None:
@@ -491,26 +529,6 @@ def _probe(model: nn.Module, input_shape) -> None:
     finally:
         for module, mode in modes:
             module.training = mode
-
-
-def attach(model: nn.Module, handle_args: dict, kind: str, policy: MemoryPolicy, input_shape) -> DirectHandle:
-    """Give each covered layer its feedback object and the root model its hooks; plan if we can."""
-    options = handle_args["options"]
-    state = DirectState(handle_args["spec"].base.name, type(model).__name__, policy,
-                        captures_error=FAMILIES[kind] == "direct")
-    for name, module in handle_args["layers"].items():
-        cls = _FEEDBACK_CLASSES.get(layer_kind(kind, module))
-        if cls is None:  # dense-fa's Linear layers: plain fa through RuleLinear
-            continue
-        feedback = cls(name, module, state, handle_args["seed"], options.scale, options.init)
-        state.feedbacks[name] = feedback
-        setattr(module, DIRECT_ATTR, feedback)
-    setattr(model, STATE_ATTR, state)
-    handle = DirectHandle(**handle_args, state=state, root=model)
-    handle._hooks += [model.register_forward_pre_hook(_open_slot), model.register_forward_hook(_after_forward)]
-    if input_shape is not None:
-        _probe(model, tuple(input_shape))
-    return handle
 
 
 def _open_slot(model: nn.Module, args) -> None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fabench.rules._feedback import feedback_tensor
-
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast would compute in on this device, or None when autocast is off."""
@@ -81,11 +79,12 @@ def linear_gradients(grad_out, xc, weight, dx_weight, needs, has_bias):
     return grad_x, grad_w, grad_b
 
 
-def _input_feedback(ctx, weight, buffer, fixed_sign):
+def _input_feedback(ctx, weight, buffers):
     """B for this backward, when δx is wanted and comes from a feedback tensor (not direct)."""
     if ctx.direct is not None or not ctx.needs_input_grad[0]:
         return None  # direct feedback forms δx itself; the first layer's input needs no δx
-    return feedback_tensor(ctx.kind, weight, buffer, fixed_sign)
+    layer = ctx.layer
+    return layer.rule.feedback(layer, weight, dict(zip(layer.saved_keys, buffers, strict=True)))
 
 
 def _to(grad, dtype):
@@ -94,50 +93,51 @@ def _to(grad, dtype):
 
 class RuleConv2d(torch.autograd.Function):
     """``F.conv2d`` forward; backward gives the usual ∂L/∂W and ∂L/∂b, and δx by the layer's
-    input-gradient strategy: a feedback tensor B (the FA family: ``conv_transpose(δy, B)``) or a
-    direct-feedback object (``direct.input_grad``: dfa, dfa-conv, dense-fa)."""
+    input-gradient strategy: a feedback tensor B from the layer's rule (the FA family:
+    ``conv_transpose(δy, B)``) or a direct-feedback object (``direct.input_grad``: dfa, dense-fa, ...).
+    ``buffers``: the layer's saved buffers (:attr:`RuleLayer.saved_keys`), handed to ``Rule.feedback``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buffer, fixed_sign, direct, slot, kind, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, layer, direct, slot, stride, padding, dilation, groups, *buffers):
         out, xc = autocast_conv2d(x, weight, bias, stride, padding, dilation, groups)
-        ctx.save_for_backward(xc, weight, buffer, fixed_sign)
-        ctx.kind, ctx.direct, ctx.slot = kind, direct, slot
+        ctx.save_for_backward(xc, weight, *buffers)
+        ctx.layer, ctx.direct, ctx.slot = layer, direct, slot
         ctx.geometry, ctx.has_bias = (stride, padding, dilation, groups), bias is not None
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        xc, weight, buffer, fixed_sign = ctx.saved_tensors
+        xc, weight, *buffers = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
-            dx_weight = _input_feedback(ctx, weight, buffer, fixed_sign)
+            dx_weight = _input_feedback(ctx, weight, buffers)
             grad_x, grad_w, grad_b = conv_gradients(grad_out, xc, weight, dx_weight, ctx.geometry,
                                                     ctx.needs_input_grad, ctx.has_bias)
             if ctx.direct is not None and ctx.needs_input_grad[0]:
                 grad_x = ctx.direct.input_grad(grad_out, xc, ctx.slot, ctx.geometry)
         return (_to(grad_x, ctx.dtypes[0]), _to(grad_w, weight.dtype), _to(grad_b, ctx.dtypes[1]),
-                None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, *(None for _ in buffers))
 
 
 class RuleLinear(torch.autograd.Function):
     """``F.linear`` forward over any leading dims; backward as :class:`RuleConv2d` (δx = δy B or direct)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buffer, fixed_sign, direct, slot, kind):
+    def forward(ctx, x, weight, bias, layer, direct, slot, *buffers):
         out, xc = autocast_linear(x, weight, bias)
-        ctx.save_for_backward(xc, weight, buffer, fixed_sign)
-        ctx.kind, ctx.direct, ctx.slot, ctx.has_bias = kind, direct, slot, bias is not None
+        ctx.save_for_backward(xc, weight, *buffers)
+        ctx.layer, ctx.direct, ctx.slot, ctx.has_bias = layer, direct, slot, bias is not None
         ctx.dtypes = (x.dtype, bias.dtype if bias is not None else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        xc, weight, buffer, fixed_sign = ctx.saved_tensors
+        xc, weight, *buffers = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
-            dx_weight = _input_feedback(ctx, weight, buffer, fixed_sign)
+            dx_weight = _input_feedback(ctx, weight, buffers)
             grad_x, grad_w, grad_b = linear_gradients(grad_out, xc, weight, dx_weight, ctx.needs_input_grad,
                                                       ctx.has_bias)
             if ctx.direct is not None and ctx.needs_input_grad[0]:
                 grad_x = ctx.direct.input_grad(grad_out, xc, ctx.slot)
         return (_to(grad_x, ctx.dtypes[0]), _to(grad_w, weight.dtype), _to(grad_b, ctx.dtypes[1]),
-                None, None, None, None, None)
+                None, None, None, *(None for _ in buffers))

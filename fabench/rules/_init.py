@@ -14,8 +14,10 @@ import math
 
 import torch
 
+from fabench.setting_values import FEEDBACK_INITS
+
 #: Names accepted for the ``init`` option, each a way to pick a per-layer standard deviation.
-INIT_CHOICES = ("auto", "kaiming", "xiao", "xavier", "weight")
+INIT_CHOICES = FEEDBACK_INITS
 
 
 def layer_key(seed: int, name: str, purpose: str) -> int:
@@ -50,7 +52,7 @@ def fans(weight: torch.Tensor) -> tuple[int, int]:
 def init_std(weight: torch.Tensor, init: str) -> float:
     """Standard deviation of a layer's feedback under the named ``init`` scheme.
 
-    ``kaiming``: sqrt(2/fan_in), He et al.'s ReLU init, the scale RULES.md gives for ``fa``.
+    ``kaiming``: sqrt(2/fan_in), He et al.'s ReLU init, the scale docs/rules.md gives for ``fa``.
     ``xiao``: sqrt(2/(k_h·k_w·C_out)) = sqrt(2/fan_out), the scale Xiao et al. 2018 give uSF.
     ``xavier``: sqrt(2/(fan_in+fan_out)), Glorot's init, the scale BioTorch uses.
     ``weight``: the empirical std of the forward weight when the rule is attached.

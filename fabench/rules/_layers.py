@@ -20,7 +20,6 @@ call through that object's own autograd function instead of through B.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,28 +27,81 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fabench.errors import FabenchError
+from fabench.rules import _init
+from fabench.rules._base import BUFFER_PREFIX
 from fabench.rules._functions import RuleConv2d, RuleLinear
 
-#: Buffer that holds each kind's fixed tensor (None: the kind needs none).
-KIND_BUFFER = {"fixed": "feedback_weight", "kp": "feedback_weight", "wm": "feedback_weight", "usf": "feedback_scale", "magnitude": "feedback_magnitude",
-               "brsf": "feedback_scale", "sn": None, "sn-spectral": None}
-SIGN_BUFFER = "feedback_sign"
-NORM_BUFFER = "feedback_norm0"
-MATRIX_BUFFER = "feedback_matrix"
-MIRROR_STEP_BUFFER = "feedback_mirror_steps"
-ALL_BUFFERS = ("feedback_weight", "feedback_scale", "feedback_magnitude", SIGN_BUFFER, NORM_BUFFER, MATRIX_BUFFER,
-               MIRROR_STEP_BUFFER)
 #: Attribute holding a direct-feedback rule's per-layer object (see fabench.rules._direct).
 DIRECT_ATTR = "_fabench_direct"
+#: Attribute holding the layer's :class:`RuleLayer`.
+LAYER_ATTR = "_fabench_rule"
 
 
-@dataclass(frozen=True)
-class LayerRule:
-    """What one covered layer does in backward: its kind and whether its signs are fixed."""
+class RuleLayer:
+    """One covered layer as a rule sees it: its name, module, weight, seed and the rule's buffers.
 
-    kind: str
-    fixed_sign: bool
-    intercept: bool
+    Rules create tensors on the layer with :meth:`add_buffer` (registered on the module as
+    ``feedback_<key>``, so they move with ``model.to()``, are saved in checkpoints, compared across
+    DDP replicas and removed by ``handle.remove()``) and draw random numbers with
+    :meth:`draw_normal` / :meth:`generator`, which are seeded by (run seed, layer name, purpose).
+    """
+
+    def __init__(self, name: str, module: nn.Module, seed: int, intercept: bool, rule, modifiers) -> None:
+        self.name, self.module, self.seed, self.intercept = name, module, seed, intercept
+        self.rule, self.modifiers = rule, tuple(modifiers)
+        self.saved_keys: list[str] = []
+        self.own_keys: list[str] = []
+        self.direct = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
+
+    def add_buffer(self, key: str, tensor: torch.Tensor, *, persistent: bool = True, saved: bool = True) -> torch.Tensor:
+        """Register ``tensor`` as buffer ``feedback_<key>``; ``saved``: handed to :meth:`Rule.feedback` in backward."""
+        self.module.register_buffer(BUFFER_PREFIX + key, tensor, persistent=persistent)
+        if key not in self.own_keys:
+            self.own_keys.append(key)
+        if saved and key not in self.saved_keys:
+            self.saved_keys.append(key)
+        return tensor
+
+    def buffer(self, key: str) -> torch.Tensor:
+        """The layer's current buffer ``key`` (``feedback_<key>``)."""
+        return self.module._buffers[BUFFER_PREFIX + key]
+
+    def has_buffer(self, key: str) -> bool:
+        return self.module._buffers.get(BUFFER_PREFIX + key) is not None
+
+    def saved_buffers(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.module._buffers[BUFFER_PREFIX + k] for k in self.saved_keys)
+
+    def buffer_names(self) -> list[str]:
+        """The module-level names of the buffers rules added here (``feedback_weight``, ...)."""
+        return [BUFFER_PREFIX + k for k in self.own_keys if BUFFER_PREFIX + k in self.module._buffers]
+
+    def generator(self, purpose: str, device=None) -> torch.Generator:
+        """A generator seeded by (seed, layer name, ``purpose``): the same numbers in every process."""
+        return _init.layer_generator(self.seed, self.name, purpose, device)
+
+    def draw_normal(self, std: float, purpose: str) -> torch.Tensor:
+        """N(0, std²) of W's shape, dtype and device, from the layer's ``purpose`` stream."""
+        return _init.draw_normal(self.weight.detach(), std, self.seed, self.name, purpose)
+
+    def init_std(self, init: str) -> float:
+        """The std ``init`` (kaiming, xiao, xavier, weight) gives this layer's weight."""
+        return _init.init_std(self.weight.detach(), init)
+
+
+def feedback_signs(weight: torch.Tensor, buffers) -> torch.Tensor:
+    """A fresh tensor of the feedback's signs, which the caller may scale in place: ``sign(W)``,
+    or the fixed signs a modifier holds in buffer ``sign`` (``+ei``)."""
+    fixed = buffers.get("sign")
+    return torch.sign(weight) if fixed is None else fixed.clone()
 
 
 def uses_own_forward(module: nn.Module) -> bool:
@@ -57,14 +109,6 @@ def uses_own_forward(module: nn.Module) -> bool:
     base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
     own = type(module).forward is not base.forward
     return own or (isinstance(module, nn.Conv2d) and type(module)._conv_forward is not nn.Conv2d._conv_forward)
-
-
-def layer_buffers(module: nn.Module, rule: LayerRule) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The (kind buffer, fixed sign) pair the autograd function needs for this layer."""
-    name = KIND_BUFFER[rule.kind]
-    buffer = getattr(module, name) if name else None
-    sign = getattr(module, SIGN_BUFFER) if rule.fixed_sign else None
-    return buffer, sign
 
 
 def _same_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -81,7 +125,7 @@ def _same_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tup
 
 def feedback_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """nn.Conv2d's forward with δx routed through the layer's feedback tensor."""
-    rule: LayerRule = self._fabench_rule
+    rule: RuleLayer = self._fabench_rule
     if self.padding_mode != "zeros":
         x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         padding = (0, 0)
@@ -99,22 +143,20 @@ def feedback_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear_function(self, self._fabench_rule, x, self.weight, self.bias)
 
 
-def conv_function(module: nn.Module, rule: LayerRule, x, weight, bias, stride, padding, dilation, groups):
+def conv_function(module: nn.Module, rule: RuleLayer, x, weight, bias, stride, padding, dilation, groups):
     """One conv call with the rule's δx: through B, or through a direct-feedback layer object."""
     direct = module.__dict__.get(DIRECT_ATTR)
     if direct is not None:
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    buffer, sign = layer_buffers(module, rule)
-    return RuleConv2d.apply(x, weight, bias, buffer, sign, None, None, rule.kind, stride, padding, dilation, groups)
+    return RuleConv2d.apply(x, weight, bias, rule, None, None, stride, padding, dilation, groups, *rule.saved_buffers())
 
 
-def linear_function(module: nn.Module, rule: LayerRule, x, weight, bias):
+def linear_function(module: nn.Module, rule: RuleLayer, x, weight, bias):
     """One linear call with the rule's δx: through B, or through a direct-feedback layer object."""
     direct = module.__dict__.get(DIRECT_ATTR)
     if direct is not None:
         return direct.linear(x, weight, bias)
-    buffer, sign = layer_buffers(module, rule)
-    return RuleLinear.apply(x, weight, bias, buffer, sign, None, None, rule.kind)
+    return RuleLinear.apply(x, weight, bias, rule, None, None, *rule.saved_buffers())
 
 
 def _pair(value) -> tuple[int, int]:
@@ -125,7 +167,7 @@ def _pair(value) -> tuple[int, int]:
 SEEN_WEIGHT_ATTR = "_fabench_seen_weight"
 
 
-def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def _conv_call(module: nn.Module, rule: RuleLayer, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Route one intercepted ``conv2d(...)`` call through B, normalising its arguments."""
     module.__dict__[SEEN_WEIGHT_ATTR] = weight.detach()
     stride, dilation = _pair(stride), _pair(dilation)
@@ -139,7 +181,7 @@ def _conv_call(module: nn.Module, rule: LayerRule, x, weight, bias=None, stride=
     return conv_function(module, rule, x, weight, bias, stride, _pair(padding), dilation, groups)
 
 
-def _linear_call(module: nn.Module, rule: LayerRule, x, weight, bias=None):
+def _linear_call(module: nn.Module, rule: RuleLayer, x, weight, bias=None):
     module.__dict__[SEEN_WEIGHT_ATTR] = weight.detach()
     return linear_function(module, rule, x, weight, bias)
 
@@ -151,7 +193,7 @@ _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
 class _InterceptMode(TorchFunctionMode):
     """Catches the layer's own conv2d/linear call and routes it through B."""
 
-    def __init__(self, module: nn.Module, rule: LayerRule) -> None:
+    def __init__(self, module: nn.Module, rule: RuleLayer) -> None:
         super().__init__()
         self.module, self.rule, self.calls = module, rule, 0
         self.targets = _CONV_FUNCS if isinstance(module, nn.Conv2d) else _LINEAR_FUNCS
@@ -178,11 +220,11 @@ def intercepting_forward(self: nn.Module, *args, **kwargs):
     return out
 
 
-def install_forward(module: nn.Module, name: str, rule: LayerRule) -> None:
-    """Mark ``module`` as covered and, unless its rule is bp, route its δx through B."""
+def install_forward(module: nn.Module, name: str, rule: RuleLayer) -> None:
+    """Mark ``module`` as covered and, unless its rule is exact (bp), route its δx through B."""
     module._fabench_rule = rule
     module._fabench_name = name
-    if rule.kind == "bp":
+    if rule.rule.exact:
         return
     if rule.intercept:
         impl = intercepting_forward
@@ -193,7 +235,8 @@ def install_forward(module: nn.Module, name: str, rule: LayerRule) -> None:
 
 def uninstall(module: nn.Module) -> None:
     """Remove everything :func:`install_forward` and the buffers added; the class forward is back."""
-    for attr in ("forward", "_fabench_rule", "_fabench_name", DIRECT_ATTR, SEEN_WEIGHT_ATTR):
-        module.__dict__.pop(attr, None)
-    for name in ALL_BUFFERS:
+    layer = module.__dict__.get(LAYER_ATTR)
+    for name in (layer.buffer_names() if layer is not None else []):
         module._buffers.pop(name, None)
+    for attr in ("forward", LAYER_ATTR, "_fabench_name", DIRECT_ATTR, SEEN_WEIGHT_ATTR):
+        module.__dict__.pop(attr, None)

@@ -32,12 +32,15 @@ import torch
 from torch import nn
 
 from fabench.rules._init import layer_generator
-from fabench.rules._layers import KIND_BUFFER, MIRROR_STEP_BUFFER
 from fabench.rules._modifiers import weights_in
+
+#: B (``feedback_weight``) and the weight mirror's step counter, on each layer.
+FEEDBACK_BUFFER = "feedback_weight"
+MIRROR_STEP_BUFFER = "feedback_mirror_steps"
 
 
 def _feedback_of(module: nn.Module) -> torch.Tensor:
-    return module._buffers[KIND_BUFFER["kp"]]
+    return module._buffers[FEEDBACK_BUFFER]
 
 
 def attach_kolen_pollack(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module]) -> list:
@@ -89,7 +92,7 @@ class _GroupRemoval:
 #: Noise samples per mirror step and layer (batch), and output positions per sample for a conv.
 MIRROR_BATCH = 64
 MIRROR_POSITIONS = 4  # a 4x4 map of valid output positions: 16 per sample
-MIRROR_EVERY = ("step", "epoch")
+
 
 def mirror_noise_shape(module: nn.Module) -> tuple[int, ...]:
     """The shape of the noise ξ one mirror step sends into ``module`` (see :func:`mirror_correlation`)."""

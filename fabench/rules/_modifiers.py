@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fabench.rules._layers import NORM_BUFFER, SIGN_BUFFER
-
-EI_MODES = ("zero", "keep-sign")
+#: The buffers the modifiers hold on each layer (``feedback_<key>``).
+SIGN_BUFFER = "feedback_sign"
+NORM_BUFFER = "feedback_norm0"
 #: The tiny magnitude ``ei_mode="keep-sign"`` leaves on a weight whose update would flip it.
 KEEP_SIGN_EPS = 1e-8
 
@@ -49,19 +49,3 @@ def restore_norms(layers: list[nn.Module]) -> None:
     for module in layers:
         norm = torch.linalg.vector_norm(module.weight)
         module.weight.mul_(getattr(module, NORM_BUFFER) / norm.clamp_min(1e-12))
-
-
-def attach(optimizer: torch.optim.Optimizer, layers: dict[str, nn.Module], modifiers: tuple[str, ...], ei_mode: str) -> list:
-    """Register the step hooks the modifiers need; return their removable handles."""
-    targets = list(weights_in(optimizer, layers).values())
-    hooks = []
-    if "bm" in modifiers:
-        hooks.append(optimizer.register_step_pre_hook(lambda *_: sign_gradients(targets)))
-    if "ei" in modifiers or "const" in modifiers:
-        def after_step(*_):
-            if "ei" in modifiers:
-                enforce_signs(targets, ei_mode)
-            if "const" in modifiers:
-                restore_norms(targets)
-        hooks.append(optimizer.register_step_post_hook(after_step))
-    return hooks

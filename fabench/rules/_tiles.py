@@ -1,7 +1,7 @@
 """Fixed random matrices drawn tile by tile, and the memory policy that decides whether to hold them.
 
 ``dfa`` and ``dense-fa`` need one fixed random matrix per layer whose size grows with the
-feature maps (RULES.md, "Memory, the paper's warning"): ResNet-18 at 224 px with 1000 classes
+feature maps (docs/rules.md, "Memory: the paper's warning"): ResNet-18 at 224 px with 1000 classes
 needs ≈ 8 GB of DFA matrices, and one dense-fa matrix for a 56×56 conv is ≈ 160 GB. A
 :class:`RandomMatrix`'s entry ``(r, c)`` is entry ``r·cols + c`` of its own counter-based
 stream (:mod:`._counter_rng`), keyed by ``(seed, layer name, purpose)``. Any block of rows can

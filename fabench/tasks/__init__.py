@@ -8,7 +8,7 @@ Public surface:
 - :func:`select_cells`: fnmatch filters on the axes;
 - :func:`run_grid` (in :mod:`fabench.tasks.grid`): run cells in worker processes.
 
-The file format is documented in :mod:`fabench.tasks._spec` and the README.
+The file format is documented in :mod:`fabench.tasks._spec` and docs/tasks.md.
 """
 
 from fabench.tasks._discover import (

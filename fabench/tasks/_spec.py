@@ -18,7 +18,6 @@ the file and line of the offending key.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import itertools
 import re
@@ -29,26 +28,30 @@ from typing import Any
 from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._source import Location, Problem, RawTask
 from fabench.tasks._tune_spec import TuneSpec, parse_tune
-from fabench.train.config import RunConfig
+from fabench.train.config import SETTINGS, RunConfig
+from fabench.train.settings import field_types
 
 #: Keys a task file may hold.
 TASK_KEYS = (
     "task", "version", "description", "notes", "include",
-    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when", "skip", "tune", "tuned",
+    "rules", "archs", "datasets", "seeds", "overrides", "variants", "when", "skip", "tune", "tuned", "plugins",
 )
 #: Keys a complete task needs (fragments, files named ``_*.yaml``, may leave them out).
 REQUIRED_KEYS = ("task", "version", "description", "rules", "archs", "datasets", "seeds")
 #: RunConfig fields set by the grid axes or by the task itself, never by overrides.
-AXIS_FIELDS = frozenset({"rule", "arch", "dataset", "seed", "task", "task_version"})
+AXIS_FIELDS = frozenset(name for name, meta in SETTINGS.items() if meta.task_file == "axis")
 #: RunConfig fields that say where a run happens; the command line decides them.
-PLACEMENT_FIELDS = frozenset({"device", "data_dir", "results_dir", "progress"})
+PLACEMENT_FIELDS = frozenset(name for name, meta in SETTINGS.items() if meta.task_file == "placement")
 #: Axes a ``when`` entry may match on.
 MATCH_KEYS = ("rule", "arch", "dataset", "seed", "variant")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+_FIELD_TYPES = field_types(RunConfig)
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null",
                "dict[str, Any]": "a mapping of option names to values"}
+_PLURAL_WORDS = {"int": "integers", "float": "numbers", "str": "strings"}
+#: ``list[int]`` -> ("list", "int"); ``tuple[str, ...]`` -> ("tuple", "str")
+_SEQUENCE = re.compile(r"(list|tuple)\[(\w+)(?:, \.\.\.)?\]")
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,8 @@ def _describe_type(annotation: str) -> str:
     """A field annotation in words for error messages: 'int | None' -> 'an integer or null'."""
     words = []
     for alt in (a.strip() for a in annotation.split("|")):
-        inner = re.fullmatch(r"list\[(\w+)\]", alt)
-        words.append(f"a list of {_TYPE_WORDS.get(inner.group(1), inner.group(1))}s" if inner else _TYPE_WORDS.get(alt, alt))
+        inner = _SEQUENCE.fullmatch(alt)
+        words.append(f"a list of {_PLURAL_WORDS.get(inner.group(2), inner.group(2))}" if inner else _TYPE_WORDS.get(alt, alt))
     return " or ".join(words)
 
 
@@ -173,18 +176,20 @@ def _coerce_one(kind: str, value: Any) -> tuple[bool, Any]:
         return isinstance(value, str), value
     if kind.startswith("dict["):
         return isinstance(value, dict) and all(isinstance(key, str) for key in value), value
-    inner = re.fullmatch(r"list\[(\w+)\]", kind)
+    inner = _SEQUENCE.fullmatch(kind)
     if inner:
+        if isinstance(value, str) and inner.group(1) == "tuple":
+            value = [value]
         if not isinstance(value, list):
             return False, value
         out = []
         for item in value:
-            ok, item = _coerce_one(inner.group(1), item)
+            ok, item = _coerce_one(inner.group(2), item)
             if not ok:
                 return False, value
             out.append(item)
-        return True, out
-    return True, value
+        return True, tuple(out) if inner.group(1) == "tuple" else out
+    raise TypeError(f"task files cannot read a setting annotated {kind!r}; teach _coerce_one that type")
 
 
 def coerce_setting(name: str, value: Any) -> Any:
@@ -356,6 +361,30 @@ class _Checker:
         return match
 
 
+def _load_plugins_of(checker, raw: RawTask) -> None:
+    """Import the plugins a task names (``plugins:``, or ``plugins`` in ``overrides``), relative to its
+    file, and make their paths absolute, so that every cell's process finds them wherever it starts."""
+    from fabench.rules import absolute_plugins, load_plugins
+
+    overrides = raw.data.get("overrides")
+    for holder in (raw.data, overrides if isinstance(overrides, dict) else {}):
+        value = holder.get("plugins")
+        if not value or not isinstance(value, (str, list)):
+            continue
+        try:
+            files = absolute_plugins([str(v) for v in ([value] if isinstance(value, str) else value)],
+                                     base_dir=Path(raw.path).parent)
+            load_plugins(files)
+        except FabenchError as error:
+            checker.add(raw.loc(*(("plugins",) if holder is raw.data else ("overrides", "plugins"))), str(error))
+            continue
+        holder["plugins"] = list(files)
+    top = raw.data.get("plugins")
+    if isinstance(top, list) and isinstance(overrides, (dict, type(None))):  # every cell's run loads them
+        merged = raw.data.setdefault("overrides", {}) if overrides is None else overrides
+        merged["plugins"] = list(dict.fromkeys([*top, *(merged.get("plugins") or [])]))
+
+
 def _check_rule(name: str) -> str:
     """The canonical name of a rule spec, or FabenchError (fabench.rules decides)."""
     from fabench.rules import parse_rule
@@ -414,6 +443,7 @@ def build_task(raw: RawTask, *, fragment: bool = False) -> tuple[Task | None, li
     description = _scalar_text(checker, "description", required=True)
     notes = _scalar_text(checker, "notes", required=False)
     present = set(raw.data)
+    _load_plugins_of(checker, raw)  # the task's plugins register their rules before the rules are checked
     rules = checker.name_list("rules", _check_rule) if "rules" in present else ()
     archs = checker.name_list("archs", _check_arch) if "archs" in present else ()
     datasets = checker.name_list("datasets", _check_dataset) if "datasets" in present else ()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import submitit
 
+from fabench._allocator import keep_freed_memory
 from fabench.tasks._spec import Cell
 from fabench.tasks.cell_run import CellOutcome, busy_elsewhere, run_cell
 
@@ -49,6 +50,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __call__(self, cell: Cell) -> CellOutcome | None:
         """Train ``cell`` in this task; rank 0 returns its outcome, other ranks None."""
+        keep_freed_memory()
         rank = _export_distributed_env()
         if rank == 0:
             return run_cell(cell, force=self.force, on_event=_log_event)

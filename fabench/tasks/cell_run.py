@@ -34,13 +34,15 @@ def run_dir(cell: Cell) -> Path:
 
 
 def _row_of(cell: Cell) -> dict | None:
-    """The cell's current runs.csv row, if any (read without the writer's lock: a snapshot)."""
+    """The cell's current row: its run folder's record, else its runs.csv row (an earlier release's run)."""
+    from fabench.train.run_index import read_run_record
     from fabench.train.runs_csv import read_runs
 
-    path = Path(cell.config.results_dir) / "runs.csv"
-    if not path.is_file():
-        return None
-    return next((r for r in read_runs(path).rows if r["run_id"] == cell.run_id), None)
+    results_dir = Path(cell.config.results_dir)
+    record = read_run_record(results_dir, cell.config.task, cell.run_id)
+    if record is not None or not (results_dir / "runs.csv").is_file():
+        return record
+    return next((r for r in read_runs(results_dir, refresh_records=False).rows if r["run_id"] == cell.run_id), None)
 
 
 def record_failure(cell: Cell, error: str) -> None:

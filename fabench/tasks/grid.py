@@ -23,6 +23,7 @@ How it works:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,14 +99,16 @@ def check_placement(device: str, gpu_ids: tuple[str, ...]) -> None:
 
 
 def recorded_status(results_dir: Path) -> dict[str, str]:
-    """run_id -> status of its row in ``results_dir/runs.csv`` (empty if there is none yet).
+    """run_id -> status of its row in ``results_dir/runs.csv``, brought up to date with the run
+    folders' records (empty if there is none yet).
 
     Malformed rows are reported on stderr and ignored; a runs.csv of another schema is an error.
     """
+    from fabench.train.run_index import scan_records
     from fabench.train.runs_csv import read_runs
 
     path = Path(results_dir) / "runs.csv"
-    if not path.is_file():
+    if not path.is_file() and not scan_records(Path(results_dir)):  # a lost index is rebuilt by read_runs
         return {}
     runs = read_runs(path)
     for problem in runs.problems:
@@ -116,8 +119,10 @@ def recorded_status(results_dir: Path) -> dict[str, str]:
 def cells_to_run(cells: list[Cell], results_dir: Path, force: bool) -> list[Cell]:
     """The cells not yet done in ``results_dir`` (all of them with ``force``), after checking the folder."""
     from fabench.train.runs_csv import check_results_dir
+    from fabench.train.trackers import require_trackers
 
     check_results_dir(results_dir)
+    require_trackers(sorted({name for cell in cells for name in cell.config.log}))
     statuses = recorded_status(results_dir)
     return [c for c in cells if force or statuses.get(c.run_id) not in DONE_STATUSES]
 
@@ -135,15 +140,20 @@ def cell_state(cell: Cell, statuses: dict[str, str], force: bool) -> str:
     return "rerun" if done else "todo"
 
 
-def dry_run_report(task: Task, cells: list[Cell], results_dir: Path, *, force: bool = False) -> None:
-    """Print every selected cell with its run_id and state; run nothing."""
+def dry_run_report(task: Task, cells: list[Cell], results_dir: Path, *, force: bool = False,
+                   estimate: tuple[str, Callable] | None = None) -> None:
+    """Print every selected cell with its run_id and state; run nothing.
+
+    ``estimate``: a column title and a function of a cell's config giving its text (the CLI
+    passes the work model's GPU-hours, which this layer may not import)."""
     statuses = recorded_status(results_dir)
     states = [cell_state(c, statuses, force) for c in cells]
-    print("state\trun_id\tcell\tsettings")
+    print("state\trun_id\tcell\t" + (f"{estimate[0]}\t" if estimate else "") + "settings")
     for cell, state in zip(cells, states, strict=True):
         c = cell.config.resolved()
         settings = f"epochs={c.epochs} bs={c.batch_size} {c.optimizer} lr={c.lr:g} wd={c.weight_decay:g} {c.schedule}"
-        print(f"{state}\t{cell.run_id}\t{cell.label}\t{settings}")
+        extra = f"{estimate[1](cell.config)}\t" if estimate else ""
+        print(f"{state}\t{cell.run_id}\t{cell.label}\t{extra}{settings}")
     done = states.count("done")
     print(f"task {task.name} v{task.version}: {len(cells)} cells, {done} done, {len(cells) - done} to run "
           f"({sum(s == 'resume' for s in states)} resume from a checkpoint); results in {results_dir}")
@@ -190,4 +200,7 @@ def run_grid(task: Task, cells: list[Cell], results_dir: Path, options: GridOpti
             summary.outcomes = pool.outcomes
     finally:
         display.close(summary)
+    from fabench.train.run_index import refresh_index
+
+    refresh_index(results_dir)  # runs.csv holds every record, even where the file system has no working lock
     return summary

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from fabench._allocator import keep_freed_memory
 from fabench.tasks._spec import Cell
 from fabench.tasks.cell_run import CellOutcome, record_failure, run_cell
 from fabench.train.interrupt import StopFlag, stop_on_signals
@@ -59,6 +60,7 @@ def _worker_main(conn, env: dict[str, str], force: bool) -> None:
     if "CUDA_VISIBLE_DEVICES" in env and "torch" in sys.modules:
         raise RuntimeError("torch was imported before the worker could pin its GPU")
     os.environ.update(env)
+    keep_freed_memory()
     os.setpgrp()  # Ctrl-C goes to the parent, which stops workers in order
     _die_with_parent()
     with stop_on_signals():  # a stop before a cell's run installs its own flag is not lost

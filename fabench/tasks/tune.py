@@ -8,8 +8,8 @@ tuning epochs on the training images less a held-out validation split, once per 
 and recorded under ``RESULTS/tune/`` like any run. A trial scores the validation top-1 of its
 final epoch on its worst seed, and a run that ends unstable, at chance or diverged scores 0,
 so the search never picks a setting at the edge of stability for one lucky seed or epoch.
-The pruner watches the first seed's epochs. The cell's own settings (its
-recipe) are always its first trial.
+The pruner watches the first seed's epochs and never stops a trial in its first third
+(:func:`grace_epochs`). The cell's own settings (its recipe) are always its first trial.
 
 The studies live in ``RESULTS/tune/TASK.db`` (SQLite; readable with Optuna's own tools), or in
 the storage ``--storage`` names (an SQLAlchemy URL, or ``journal:PATH`` for Optuna's journal
@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fabench._allocator import keep_freed_memory
 from fabench.errors import FabenchError
 from fabench.tasks._spec import Cell, Task
 from fabench.tasks._tune_spec import Param, TuneSpec
@@ -226,8 +227,18 @@ def _sampler(job: TuneJob):
 def _pruner(job: TuneJob):
     import optuna
 
-    epochs = job.spec.epochs or job.cell.config.epochs
-    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    epochs = max(job.spec.epochs or job.cell.config.epochs, 1)
+    return optuna.pruners.HyperbandPruner(min_resource=grace_epochs(epochs), max_resource=epochs, reduction_factor=3)
+
+
+def grace_epochs(epochs: int) -> int:
+    """Epochs every trial trains before the pruner may stop it: a third of the trial.
+
+    Rules with random feedback first align their weights with it, and their validation accuracy
+    stays near chance meanwhile; a trial stopped on its first epoch would be judged on that
+    plateau, not on the rate it was given.
+    """
+    return max(1, epochs // 3)
 
 
 def prepare_study(storage_url_: str, name: str, cell: Cell, params: tuple[Param, ...]):
@@ -284,7 +295,7 @@ def describe(task: Task, cells: list[Cell], spec: TuneSpec) -> list[str]:
     epochs = spec.epochs or cells[0].config.epochs
     seeds = ", ".join(map(str, spec.trial_seeds))
     lines = [f"tune {task.name}: {len(tuning_cells(cells))} cells, each {spec.trials} trials x {spec.seeds} seed(s) x "
-             f"{epochs} epochs (the same budget for every rule), scored on {spec.val_split} held-out validation "
+             f"{epochs} epochs (the same budget for every rule; pruning from epoch {grace_epochs(max(epochs, 1))}), scored on {spec.val_split} held-out validation "
              f"images, seed(s) {seeds} (worst seed counts)"]
     for cell in tuning_cells(cells):
         params = cell_params(spec, cell)
@@ -297,6 +308,7 @@ def describe(task: Task, cells: list[Cell], spec: TuneSpec) -> list[str]:
 def _set_threads(threads: int) -> None:
     """A worker's share of the cores, set before torch loads."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    keep_freed_memory()
 
 
 def run_jobs(jobs: list[TuneJob], workers: int) -> None:

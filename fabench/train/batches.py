@@ -63,8 +63,9 @@ class RunData:
         self._shard_test = None
         if isinstance(dataset, FolderDataset):
             self._loader = None
-            self._train = dataset.train_loader(batch_size, workers=workers, generator=generator, drop_last=True)
-            self._test = dataset.val_loader(batch_size, workers=workers)
+            place = {"workers": workers, "device": device, "channels_last": channels_last}
+            self._train = dataset.train_loader(batch_size, generator=generator, drop_last=True, **place)
+            self._test = dataset.val_loader(batch_size, **place)
         else:
             self._loader = DeviceLoader(dataset, device)
 
@@ -79,13 +80,11 @@ class RunData:
         shard.rank, shard.world = rank, world
         if self._loader is None:
             dataset = self.dataset
-            common = {"num_workers": self.workers, "pin_memory": torch.cuda.is_available(),
-                      "persistent_workers": self.workers > 0}
-            shard._train = torch.utils.data.DataLoader(
-                dataset.train_set, batch_sampler=RankSlices(dataset.n_train, self.batch_size, rank, world,
-                                                            self.generator), generator=self.generator, **common)
-            shard._shard_test = torch.utils.data.DataLoader(
-                dataset.val_set, batch_sampler=RankBatches(dataset.n_test, self.batch_size, rank, world), **common)
+            place = {"workers": self.workers, "device": self.device, "channels_last": self.channels_last}
+            shard._train = dataset.batches("train", batch_sampler=RankSlices(dataset.n_train, self.batch_size, rank, world,
+                                                                             self.generator), generator=self.generator, **place)
+            shard._shard_test = dataset.batches(
+                "val", batch_sampler=RankBatches(dataset.n_test, self.batch_size, rank, world), **place)
         return shard
 
     @property

@@ -76,6 +76,8 @@ def _fits(value: object, hint: object) -> bool:
         return any(_fits(value, h) for h in typing.get_args(hint))
     if hint in (int, float, bool) or isinstance(value, bool):
         return type(value) is hint or (hint is float and type(value) is int)
+    if origin is tuple:  # JSON writes a tuple (``plugins``) as a list
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
     if not isinstance(value, origin or hint):
         return False
     return origin is not list or all(_fits(v, typing.get_args(hint)[0]) for v in value)

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules, built from a :class:`RunConfig`.
 
-Choices (documented in the README):
+Choices (documented in docs/settings-and-records.md):
 
 - Weight decay applies to weights with two or more dimensions (conv kernels, linear weights);
   biases and normalisation parameters are not decayed, as in timm and most CNN recipes.

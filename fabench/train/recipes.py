@@ -3,7 +3,7 @@
 A run's optimizer, learning rate, momentum, weight decay and forward-weight init may be left
 unset (``None`` in :class:`RunConfig`). :func:`resolve` fills each unset field, in this order:
 
-1. the recipe's setting for the rule itself (:data:`RULE_SETTINGS`: what a rule's mechanism
+1. the recipe's setting for the rule itself (its class's ``recipe``: what a rule's mechanism
    needs, such as Kolen–Pollack's weight decay);
 2. the matching recipe's setting for the rule's *family* (``bp``, ``sign``: sign-concordant
    feedback, ``random``: fixed random feedback, ``direct``: DFA, ``learned``: learned feedback);
@@ -17,7 +17,7 @@ for Adam gets SGD's defaults, never Adam's learning rate. Whatever the user (or 
 sets is kept as given. The resolved config is what ``run_id`` hashes, so giving a value
 explicitly or getting it from the recipe is the same run.
 
-Why the families differ (README, "What makes plain FA learn", from ``tasks/fa-stability.yaml``):
+Why the families differ (docs/reproductions.md, "What makes plain FA learn", from ``tasks/fa-stability.yaml``):
 on networks without normalisation layers, fixed random feedback (``fa``, ``dense-fa``) and DFA
 move the hidden weights along directions set by B before the output layer has aligned with
 them; from full-size (Kaiming) forward weights that blows the logits up (training loss 7-13 on
@@ -72,18 +72,20 @@ class Recipe:
         return any(fnmatch.fnmatchcase(bare, pattern) for pattern in self.archs)
 
     def for_family(self, family: str, rule: str = "") -> dict:
-        return {**self.settings, **self.by_family.get(family, {}), **RULE_SETTINGS.get(rule, {})}
+        return {**self.settings, **self.by_family.get(family, {}), **rule_settings(rule)}
 
 
-#: Settings a rule's own mechanism needs, under every recipe. Kolen–Pollack (Akrout et al. 2019)
-#: gives W and B the same update plus weight decay, so B − W shrinks by (1 − lr·wd) each step;
-#: without decay it never does and kp is fa with a moving B. AdamW decouples the decay, so the
-#: shrink is exact: 1 % a step at lr 1e-3, wd 10 (README, "Learned feedback": on mlp/mnist-mini
-#: after 5 epochs kp's δx angle to backprop is 13.9° against fa's 46.5°; 38.5° under Adam).
-RULE_SETTINGS = {"kp": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 10.0}}
+def rule_settings(rule: str) -> dict:
+    """Settings rule ``rule``'s own mechanism needs under every recipe: its class's ``recipe``
+    (Kolen–Pollack's AdamW with weight decay, fabench.rules.library.learned). {} for no rule."""
+    if not rule:
+        return {}
+    from fabench.rules import parse_rule
+
+    return dict(parse_rule(rule).base.recipe)
 
 
-#: Random feedback, DFA and learned feedback start from forward weights at 0.1x their init (README, recipes).
+#: Random feedback, DFA and learned feedback start from forward weights at 0.1x their init (docs/reproductions.md, "Recipes").
 _SMALL_FORWARD = {family: {"weight_init_scale": 0.1} for family in ("random", "direct", "learned")}
 
 RECIPES = (
@@ -99,7 +101,7 @@ RECIPES = (
         {"optimizer": "adam", "lr": 1e-3, "weight_init": "xavier-uniform"},
         _SMALL_FORWARD,
         "as small-cnn, from Xavier-uniform forward weights (BioTorch's init): from its own Kaiming init the "
-        "BN-free AlexNet starts at 1.6x ln(10) and Adam blows it up further (README, recipes)",
+        "BN-free AlexNet starts at 1.6x ln(10) and Adam blows it up further (docs/reproductions.md, Recipes)",
     ),
     Recipe(
         "cifar-resnet", ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
@@ -154,8 +156,10 @@ def recipe_for(arch: str, choice: str = "auto") -> Recipe | None:
 
 def resolve(config) -> Resolution:
     """``config`` with every recipe field filled (see the module docstring)."""
-    from fabench.rules import rule_family
+    from fabench.rules import absolute_plugins, load_plugins, rule_family
 
+    plugins = absolute_plugins(config.plugins)  # recorded as absolute paths: eval and resume find them anywhere
+    load_plugins(plugins)  # a plugin's rule is known before its family is asked
     family = rule_family(config.rule)
     recipe = recipe_for(config.arch, config.recipe)
     base = config.rule.split("+")[0]
@@ -177,4 +181,6 @@ def resolve(config) -> Resolution:
             values[name], sources[name] = OPTIMIZER_DEFAULTS.get(optimizer, OPTIMIZER_DEFAULTS["sgd"])[name], f"{optimizer} default"
         else:
             values[name], sources[name] = FALLBACK[name], "default"
+    if plugins != config.plugins:
+        values["plugins"] = plugins
     return Resolution(dataclasses.replace(config, **values), recipe.name if recipe else "none", family, sources)

@@ -1,5 +1,5 @@
-"""A run's records on disk: atomic files, locks and the manifest (``runs.csv`` has its own
-module, :mod:`fabench.train.runs_csv`).
+"""A run's records on disk: atomic files, locks and the manifest (the run's record and
+``runs.csv`` have their own modules, :mod:`fabench.train.run_index` and :mod:`fabench.train.runs_csv`).
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a reader (or a killed process) never sees half a file.
@@ -25,8 +25,10 @@ MANIFEST = "manifest.json"
 CURVES = "curves.csv"
 CHECKPOINT = "last.pt"
 RUN_LOCK = ".lock"
+#: The run's own runs.csv row, with its header (:mod:`fabench.train.run_index`).
+RECORD = "record.csv"
 #: Files fabench writes in a run folder; none may be a symbolic link.
-RUN_FILES = (MANIFEST, CURVES, CHECKPOINT, RUN_LOCK)
+RUN_FILES = (MANIFEST, CURVES, CHECKPOINT, RUN_LOCK, RECORD)
 #: A run id: the first 12 hex digits of the hash of its identity (``RunConfig.run_id``).
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 #: A task name: it names a folder under the results folder, so no separators and no leading dot.
@@ -38,6 +40,9 @@ MANIFEST_REQUIRED = ("run_id", "status", "config", "timings")
 #: Errors of a write that the user fixes on the file system (permissions, a read-only or immutable file).
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: Errors of ``flock`` on a file system that has no working locks (NFS without a lock daemon:
+#: ENOLCK; Lustre mounted without ``flock``: ENOSYS or EOPNOTSUPP).
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 def _file_mode() -> int:
@@ -177,6 +182,10 @@ def file_lock(path: Path, *, blocking: bool = True, remove: bool = False) -> Ite
     ``remove``: delete the file when done, so no empty lock files stay behind. That is safe
     because a lock is only taken on the file ``path`` still names: a process that locked a file
     another one removed meanwhile starts again on the new file.
+
+    On a file system without working locks (:data:`NO_LOCKS`) it yields True holding nothing:
+    every caller stays correct without the lock (runs.csv is an index rebuilt from the run
+    folders' records); the lock only saves work.
     """
     while True:
         handle = open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a")
@@ -185,6 +194,14 @@ def file_lock(path: Path, *, blocking: bool = True, remove: bool = False) -> Ite
         except BlockingIOError:
             handle.close()
             yield False
+            return
+        except OSError as err:
+            handle.close()
+            if err.errno not in NO_LOCKS:
+                raise
+            handle = None
+        if handle is None:
+            yield True
             return
         if _same_file(handle, path):
             break

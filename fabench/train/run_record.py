@@ -1,4 +1,6 @@
-"""One run's folder as it is being written: manifest, curves, checkpoint, and runs.csv row.
+"""One run's folder as it is being written: manifest, curves, checkpoint, and its record (the
+runs.csv row, :mod:`fabench.train.run_index`); with ``--log``, its trackers
+(:mod:`fabench.train.trackers`) get every curve row at each checkpoint.
 
 :class:`RunRecords` is the only writer of ``results/<task>/<run_id>/``. It creates nothing
 until :meth:`RunRecords.begin`, which the run calls only after every input has been checked
@@ -21,11 +23,17 @@ from fabench.train.records import (
     CHECKPOINT,
     CURVES,
     MANIFEST,
+    RECORD,
+    RUN_ID,
+    TASK_NAME,
     load_manifest,
+    manifest_problem,
     read_manifest,
     write_manifest,
 )
-from fabench.train.runs_csv import upsert_run_row
+from fabench.train.run_index import RUNS_CSV, row_fields, write_record
+from fabench.train.runs_csv import read_runs, upsert_run_row
+from fabench.train.trackers import TRACKER_STATE, RunTrackers, TrackedCurves
 
 if TYPE_CHECKING:  # the session is built by fabench.train.session, which needs nothing here
     from fabench.train.session import Session
@@ -65,13 +73,17 @@ def result_metrics(status: str, progress: Progress) -> dict:
 
 
 class RunRecords:
-    """Writes one run's manifest, curves, checkpoint and runs.csv row."""
+    """Writes one run's manifest, curves, checkpoint and record; feeds its trackers."""
 
     def __init__(self, session: Session, run_dir: Path) -> None:
         self.session = session
         self.config = session.config
         self.run_dir = run_dir
+        self.trackers = None
         self.curves = CurveWriter(run_dir / CURVES, self.config.run_id)
+        if self.config.log:  # --log: the trackers get every curve row
+            self.trackers = RunTrackers(self.config.log, run_dir, self.config.to_dict(), self.config.run_id)
+            self.curves = TrackedCurves(run_dir / CURVES, self.config.run_id, self.trackers)
         self.manifest: dict = {}
 
     def _fresh_manifest(self) -> dict:
@@ -99,7 +111,7 @@ class RunRecords:
         previous = read_manifest(self.run_dir)
         if previous and previous.get("status") in schema.DONE_STATUSES:
             upsert_run_row(Path(self.config.results_dir), self._restart_row())
-        for name in (MANIFEST, CURVES, CHECKPOINT):
+        for name in (MANIFEST, CURVES, CHECKPOINT, TRACKER_STATE):
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / name).unlink()
 
@@ -120,6 +132,8 @@ class RunRecords:
             self.manifest["checkpoint_sha256"] = previous.get("checkpoint_sha256", [])
             self.curves.truncate_after(progress.global_step)
         self._write(progress, "running")
+        if self.trackers:
+            self.trackers.start(self.run_dir / CURVES, resumed)
 
     def _write(self, progress: Progress, status: str, error: str = "") -> None:
         self.manifest.update(status=status, error=error, result=result_metrics(status, progress))
@@ -148,6 +162,8 @@ class RunRecords:
                                  before_replace=self._accept_checkpoint)
         self.manifest["checkpoint_sha256"] = [digest]
         self._write(progress, "running")
+        if self.trackers:  # the trackers hold what the checkpoint holds
+            self.trackers.send()
 
     def _accept_checkpoint(self, digest: str) -> None:
         """Let the manifest accept the checkpoint about to replace ``last.pt`` as well as the current one."""
@@ -159,6 +175,8 @@ class RunRecords:
         self.curves.close()
         self.manifest["timings"]["finished_at"] = now()
         self._write(progress, status, error)
+        if self.trackers:  # a run that will resume sends the rest when it does
+            self.trackers.close(status, send=status not in ("interrupted", "failed"))
         row = self.row()
         upsert_run_row(Path(self.config.results_dir), row)
         return row
@@ -181,3 +199,25 @@ def manifest_row(manifest: dict) -> dict:
     }
     config = {**manifest["config"], "run_id": manifest["run_id"]}
     return schema.make_row(config, manifest.get("result", {}), provenance)
+
+
+def record_earlier_runs(results_dir: Path) -> int:
+    """Give each run folder of an earlier release (a manifest, no record) its record; return how many.
+
+    The record is the run's runs.csv row where the index has one (as that release wrote it),
+    else the row its manifest describes. Folders of runs still running are left alone.
+    """
+    indexed = {}
+    if (results_dir / RUNS_CSV).is_file():
+        indexed = {r["run_id"]: r for r in read_runs(results_dir, refresh_records=False).rows}
+    added = 0
+    for task_dir in sorted(p for p in results_dir.iterdir() if TASK_NAME.fullmatch(p.name) and p.is_dir()):
+        for run_dir in sorted(p for p in task_dir.iterdir() if RUN_ID.fullmatch(p.name)):
+            manifest = read_manifest(run_dir)
+            if (run_dir / RECORD).exists() or manifest_problem(manifest) or manifest["run_id"] != run_dir.name:
+                continue
+            row = indexed.get(run_dir.name) or (manifest_row(manifest) if manifest["status"] in schema.STATUSES else None)
+            if row is not None and row["task"] == task_dir.name:
+                write_record(results_dir, row_fields(row))
+                added += 1
+    return added

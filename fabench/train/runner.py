@@ -38,6 +38,7 @@ from fabench.train.recipes import resolve
 from fabench.train.records import (
     CHECKPOINT,
     CURVES,
+    RECORD,
     RUN_LOCK,
     TASK_NAME,
     check_writable_file,
@@ -45,10 +46,12 @@ from fabench.train.records import (
     disk_errors,
     load_manifest,
 )
+from fabench.train.run_index import INDEX_LOCK, INDEX_STATE
 from fabench.train.run_record import RunRecords, manifest_row
 from fabench.train.runs_csv import RUNS_CSV, upsert_run_row
 from fabench.train.schema import DONE_STATUSES
 from fabench.train.session import Session, build_session, preflight
+from fabench.train.trackers import require_trackers
 
 #: Statuses from which a run continues from its checkpoint rather than starting again
 #: ("running": the process died; "failed": an exception, e.g. out of memory, after the last
@@ -82,7 +85,8 @@ def _finished_manifest(run_dir: Path, run_id: str) -> dict | None:
 def check_writable(run_dir: Path, results_dir: Path) -> None:
     """Fail before training, in one line, where the run's records could not be written afterwards."""
     check_writable_folder(run_dir, "run folder")
-    for path in (results_dir / RUNS_CSV, results_dir / f".{RUNS_CSV}.lock", run_dir / CURVES):
+    for path in (results_dir / RUNS_CSV, results_dir / INDEX_LOCK, results_dir / INDEX_STATE, run_dir / CURVES,
+                 run_dir / RECORD):
         check_writable_file(path, "results file")
 
 
@@ -178,6 +182,7 @@ def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None,
     resolution = resolve(config)  # the recipe fills what the user left unset
     config = resolution.config
     device = preflight(config)
+    require_trackers(config.log)
     run_dir = run_dir_of(config)
     check_writable(run_dir, Path(config.results_dir))
     if not force and (done := strategy.agree(_finished_manifest(run_dir, config.run_id))):

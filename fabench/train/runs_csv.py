@@ -1,20 +1,21 @@
-"""``results/runs.csv``: its one writer and its one reader, side by side.
+"""``results/runs.csv``: its writer and its reader, side by side.
 
-Writer (:func:`upsert_run_row`): one row per run_id. It takes an exclusive ``fcntl`` lock,
-reads the table, replaces the run's old row (if any) and writes the whole table back
-atomically, so concurrent runs of a grid never lose, duplicate or tear a row. Records that do
-not parse are carried over as they were (bytes that are not UTF-8 included), never repaired or
-lost.
+Writer (:func:`upsert_run_row`): the run's record goes into its own folder, then into the
+index runs.csv, one row per run_id (:mod:`fabench.train.run_index`). Concurrent runs of a grid,
+on one machine or many, never lose, duplicate or tear a record, with or without a working
+``flock``. Records that do not parse are carried over as they were (bytes that are not UTF-8
+included), never repaired or lost.
 
-Reader (:func:`read_runs`): the rows checked against the schema (:mod:`fabench.train.schema`);
-malformed, foreign or non-UTF-8 rows are reported with their line and skipped, and the latest
-row of each run_id is kept. ``fabench table``, ``plot`` and the grid read through it.
+Reader (:func:`read_runs`): first merges into the index the records it does not hold yet (a
+lost or stale index heals here), then returns the rows checked against the schema
+(:mod:`fabench.train.schema`); malformed, foreign or non-UTF-8 rows are reported with their line
+and skipped, and the latest row of each run_id is kept. ``fabench table``, ``plot`` and the
+grid read through it.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 import tempfile
@@ -24,43 +25,20 @@ from pathlib import Path
 from fabench._paths import display_path
 from fabench.errors import FabenchError
 from fabench.train import schema
-from fabench.train.records import atomic_write_bytes, file_lock, nearest_existing
-from fabench.train.schema import COLUMNS
+from fabench.train.records import nearest_existing
+from fabench.train.run_index import RUNS_CSV, Refresh, read_index, record_run, refresh_index
 
-RUNS_CSV = "runs.csv"
+__all__ = ["RUNS_CSV", "RunsTable", "check_results_dir", "read_records", "read_runs", "upsert_run_row"]
 
 
 def read_records(path: Path) -> list[list[str]]:
-    """Records of an existing runs.csv, header excluded, each exactly as written.
-
-    A foreign header is an error, never silently merged; the rows of an older schema's header
-    come back upgraded (:func:`fabench.train.schema.upgrade_record`), so the next write upgrades
-    the file in place. Records are kept as lists of fields so that a malformed one (which
-    readers report) is carried over untouched, not repaired or lost.
-    """
-    if not path.exists():
-        return []
-    # surrogateescape: bytes that are not UTF-8 are carried over as they are, never lost or fatal
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        records = list(csv.reader(handle))
-    if records and not schema.known_header(records[0]):
-        raise FabenchError(
-            f"{path} has columns that differ from this fabench's runs.csv schema; "
-            "move it aside (or use another --results-dir) and rerun"
-        )
-    return [schema.upgrade_record(tuple(records[0]), record) for record in records[1:]]
+    """Records of an existing runs.csv, header excluded, each as written (older schemas upgraded)."""
+    return read_index(path)[0]
 
 
 def upsert_run_row(results_dir: Path, row: dict) -> None:
-    """Put ``row`` into ``results_dir/runs.csv``, replacing the row with the same run_id."""
-    path = results_dir / RUNS_CSV
-    run_id_at = COLUMNS.index("run_id")
-    with file_lock(results_dir / f".{RUNS_CSV}.lock"):
-        kept = [r for r in read_records(path) if len(r) <= run_id_at or r[run_id_at] != row["run_id"]]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows([COLUMNS, *kept, [row[column] for column in COLUMNS]])
-        atomic_write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+    """Record ``row`` in its run folder and in ``results_dir/runs.csv``, replacing the run's older row."""
+    record_run(Path(results_dir), row)
 
 
 def check_results_dir(results_dir: Path) -> None:
@@ -80,9 +58,7 @@ def check_results_dir(results_dir: Path) -> None:
 
 #: Columns that must hold numbers when not empty.
 NUMERIC_COLUMNS = (
-    "seed", "subset", "image_size", "val_split", "epochs", "batch_size", "lr", "momentum",
-    "weight_decay", "label_smoothing", "warmup_epochs", "grad_clip", "weight_init_scale", "mirror_lr", "mirror_decay", "mirror_steps", "mirror_warmup",
-    "feedback_scale", "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
+    *schema.NUMERIC_CONFIG_COLUMNS, "epochs_done", "final_top1", "final_top5", "best_top1", "best_top5",
     "best_epoch", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "final_test_loss",
     "first_train_loss", "final_train_loss", "train_time_s", "images_per_s", "num_params",
 )
@@ -153,15 +129,38 @@ def _row_problem(record: list[str]) -> str | None:
     return None
 
 
-def read_runs(path: Path | str) -> RunsTable:
-    """Read and check a runs.csv; raise FabenchError if it is missing or of another schema."""
+def read_runs(path: Path | str, *, refresh_records: bool = True) -> RunsTable:
+    """Read and check a runs.csv; raise FabenchError if it is missing or of another schema.
+
+    The index is first brought up to date with the run folders' records (rebuilt if it is
+    lost); ``refresh_records=False`` reads the index file as it is.
+    """
     path = Path(path)
     if path.is_dir():
-        path = path / "runs.csv"
-    if not path.is_file():
-        raise FabenchError(f"no results at {display_path(path)}; run `fabench grid TASK` or `fabench run` first, or pass --results-dir DIR")
+        path = path / RUNS_CSV
+    refresh = None if refresh_records else Refresh()
+    if not path.is_file() and refresh is None:  # a lost index is rebuilt from the run folders' records
+        refresh = refresh_index(path.parent)
+        if not path.is_file() and not refresh.merged:
+            raise FabenchError(f"no results at {display_path(path)}; run `fabench grid TASK` or `fabench run` first, or pass --results-dir DIR")
     table = RunsTable(path)
     latest: dict[str, dict] = {}
+    if path.is_file():
+        _read_index_rows(path, table, latest)
+    refresh = refresh or refresh_index(path.parent)  # after the header check: a foreign index is refused first
+    table.problems += refresh.problems
+    for key, record in refresh.merged.items():  # what the index missed, even where it cannot be written
+        problem = _text_problem(record) or _row_problem(record)
+        if problem:
+            table.problems.append(f"{display_path(path.parent / key)}/record.csv: row {problem}; skipped")
+        else:
+            latest[record[schema.COLUMNS.index("run_id")]] = dict(zip(schema.COLUMNS, record, strict=True))
+    table.rows = list(latest.values())
+    return table
+
+
+def _read_index_rows(path: Path, table: RunsTable, latest: dict[str, dict]) -> None:
+    """Read the index's valid rows into ``latest`` (by run_id) and its bad ones into ``table.problems``."""
     # surrogateescape: a byte that is not UTF-8 spoils only its own row, reported below
     with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
@@ -197,5 +196,4 @@ def read_runs(path: Path | str) -> RunsTable:
                 continue
             row = dict(zip(schema.COLUMNS, record, strict=True))
             latest[row["run_id"]] = row
-    table.rows = list(latest.values())
-    return table
+

@@ -1,33 +1,53 @@
-"""The fixed, versioned column schema of ``results/runs.csv``.
+"""The versioned column schema of ``results/runs.csv``.
 
-One definition, used by every writer and reader: config columns (from :class:`RunConfig`),
-then metrics, then provenance. A row is built by :func:`make_row`, which fills exactly these
-columns and nothing else, never from whatever keys a dict happens to hold. Readers check
-``schema_version`` and the header, and report foreign or malformed rows instead of mixing
-them in. Bump ``SCHEMA_VERSION`` whenever the columns change.
+One definition, used by every writer and reader: config columns (generated from the settings
+of :class:`RunConfig` that declare a column), then metrics, then provenance. A row is built by
+:func:`make_row`, which fills exactly these columns and nothing else, never from whatever keys a
+dict happens to hold. Readers check ``schema_version`` and the header, and report foreign or
+malformed rows instead of mixing them in.
+
+Results survive new columns: a runs.csv written by an earlier schema (any header made only of
+known columns) is read with each missing column at the value its rows could only have had, the
+setting's default, and the next write upgrades the file in place (:func:`upgrade_record`). A
+new setting needs no change here; ``SCHEMA_VERSION`` counts the column sets written so far.
 """
 
 from __future__ import annotations
 
 import json
 
-SCHEMA_VERSION = 3
+from fabench.train.config import SETTINGS, RunConfig
+from fabench.train.settings import field_defaults, field_types
 
-#: Config columns, in order; each is a field of RunConfig (plus run_id and schema_version).
-#: Every field in a run's id has one, so that ``fabench table`` never averages two experiments.
-CONFIG_COLUMNS = (
-    "schema_version", "run_id", "task", "task_version", "rule", "arch", "arch_options", "dataset", "data_files",
-    "seed", "subset", "image_size", "val_split", "recipe", "epochs", "batch_size", "optimizer", "lr",
-    "momentum", "nesterov", "weight_decay", "label_smoothing", "schedule", "milestones", "gamma", "step_size",
-    "warmup_epochs", "grad_clip", "weight_init", "weight_init_scale", "feedback_scale", "feedback_init", "sn_norm",
-    "ei_mode", "mirror_lr", "mirror_decay", "mirror_steps", "mirror_every", "mirror_warmup", "exclude", "amp",
-    "channels_last", "compile", "deterministic", "tuned",
-)
-#: Config columns that are not RunConfig fields: ``data_files`` is what in the data folder decides
+#: Bumped whenever the columns change (4: rule_options and plugins).
+SCHEMA_VERSION = 4
+
+#: Config columns that are not RunConfig fields, each after the field it derives from, with the
+#: cell of a row written before it existed: ``data_files`` is what in the data folder decides
 #: the data (see :func:`fabench.data.dataset_identity`), "" when the name alone does.
-DERIVED_COLUMNS = ("data_files",)
+DERIVED_COLUMNS = {"data_files": ("dataset", "")}
+
+
+def _config_columns() -> tuple[str, ...]:
+    """``schema_version``, ``run_id``, then each setting with a column, in RunConfig's order."""
+    columns = ["schema_version", "run_id"]
+    for name, meta in SETTINGS.items():
+        if meta.column:
+            columns.append(name)
+        columns.extend(derived for derived, (source, _) in DERIVED_COLUMNS.items() if source == name)
+    return tuple(columns)
+
+
+#: Config columns, in order. Every field in a run's id has one (RunConfig refuses a setting in
+#: the identity without a column), so that ``fabench table`` never averages two experiments.
+CONFIG_COLUMNS = _config_columns()
 #: Config columns holding a list or a mapping: one JSON cell, keys sorted ("" when empty).
-JSON_COLUMNS = ("arch_options", "milestones", "exclude")
+JSON_COLUMNS = tuple(name for name, kind in field_types(RunConfig).items()
+                     if name in CONFIG_COLUMNS and kind.startswith(("list[", "dict[", "tuple[")))
+
+#: Config columns of number settings: their cells must hold numbers when not empty.
+NUMERIC_CONFIG_COLUMNS = tuple(name for name, kind in field_types(RunConfig).items()
+                               if name in CONFIG_COLUMNS and kind.split("|")[0].strip() in ("int", "float"))
 
 #: Metric columns: accuracies in percent on the test split, times in seconds.
 METRIC_COLUMNS = (
@@ -43,32 +63,50 @@ PROVENANCE_COLUMNS = (
 )
 
 COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + PROVENANCE_COLUMNS
+#: Columns every runs.csv fabench wrote has had; a header without them is not a runs.csv.
+REQUIRED_COLUMNS = ("schema_version", "run_id", "status")
 
-#: Columns schema 3 added, with the cell a row of schema 2 gets: the setting's default, the only
-#: value those runs could have had without it in their row (RunConfig's defaults: 0.1 and 30).
-ADDED_IN_3 = {"data_files": "", "milestones": "", "gamma": "0.1", "step_size": "30", "exclude": "", "tuned": ""}
-#: Headers of older runs.csv files, by schema version; their rows are read and upgraded.
-OLDER_HEADERS = {2: tuple(column for column in COLUMNS if column not in ADDED_IN_3)}
+
+def cell(column: str, value) -> str:
+    """A value as its runs.csv cell: JSON for lists and mappings ("" when empty), "" for None."""
+    if column in JSON_COLUMNS and isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True) if value else ""
+    return "" if value is None else str(value)
+
+
+def absent_cell(column: str) -> str:
+    """The cell of ``column`` in a row written before the column existed: the setting's default
+    (the only value such a run could have had), "" for metrics and provenance."""
+    if column in DERIVED_COLUMNS:
+        return DERIVED_COLUMNS[column][1]
+    if column in SETTINGS and column in CONFIG_COLUMNS:
+        return cell(column, field_defaults(RunConfig)[column])
+    return ""
+
+
+def known_header(header) -> bool:
+    """True for this schema's header or an earlier one: known columns only, each once, and the
+    columns every runs.csv has had. :func:`upgrade_record` reads its rows."""
+    columns = tuple(header)
+    return (columns == COLUMNS or (len(set(columns)) == len(columns) and set(columns) <= set(COLUMNS)
+                                   and set(REQUIRED_COLUMNS) <= set(columns)))
 
 
 def upgrade_record(header: tuple[str, ...], record: list[str]) -> list[str]:
-    """A record of the runs.csv with ``header`` (this schema's or an older one), in this schema.
+    """A record of the runs.csv with ``header`` (this schema's or an earlier one), in this schema.
 
-    Older rows get the added columns' defaults and this ``schema_version``. A record of the
-    wrong length is returned as it is, for the reader to report.
+    An earlier row gets each missing column's :func:`absent_cell` and this ``schema_version``.
+    A record of the wrong length, or whose ``schema_version`` is not an earlier one, keeps its
+    fields for the reader to report.
     """
     if header == COLUMNS or len(record) != len(header):
         return record
     row = dict(zip(header, record, strict=True))
-    version = next(v for v, columns in OLDER_HEADERS.items() if columns == header)
-    if row["schema_version"] == str(version):
+    version = row["schema_version"]
+    if version.isdigit() and int(version) < SCHEMA_VERSION:
         row["schema_version"] = str(SCHEMA_VERSION)
-    return [row[column] if column in row else ADDED_IN_3[column] for column in COLUMNS]
+    return [row[column] if column in row else absent_cell(column) for column in COLUMNS]
 
-
-def known_header(header) -> bool:
-    """True for this schema's header or an older one that :func:`upgrade_record` reads."""
-    return tuple(header) == COLUMNS or tuple(header) in OLDER_HEADERS.values()
 
 #: Statuses a row may carry. "unstable": trained to the end, but the loss rose; "no-learning":
 #: trained to the end at chance (see fabench.train.epochs.stability); "pruned": a tuning trial
@@ -115,6 +153,5 @@ def make_row(config: dict, metrics: dict, provenance: dict) -> dict:
             raise KeyError(f"unknown {name} column(s) for runs.csv: {sorted(unknown)}")
     merged = {**config, "schema_version": SCHEMA_VERSION, "data_files": data_files(config), **metrics, **provenance}
     for column in JSON_COLUMNS:  # one cell: JSON, keys sorted ("" when empty)
-        if isinstance(merged.get(column), (dict, list, tuple)):
-            merged[column] = json.dumps(merged[column], sort_keys=True) if merged[column] else ""
+        merged[column] = cell(column, merged.get(column))
     return {column: merged.get(column, "") for column in COLUMNS}

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fabench.errors import FabenchError
 from fabench.train.batches import RunData
 from fabench.train.config import SUBSET_SEED, RunConfig
 from fabench.train.device import check_amp, make_grad_scaler, resolve_device
@@ -37,7 +38,7 @@ def check_config(config: RunConfig) -> RunConfig:
     """
     from fabench.archs import check_arch_options
     from fabench.data import check_dataset
-    from fabench.rules import RuleOptions, parse_rule
+    from fabench.rules import check_rule_options
     from fabench.train.schedule import parse_diagnostics
 
     config.validate()
@@ -46,7 +47,7 @@ def check_config(config: RunConfig) -> RunConfig:
     check_optimization(config)
     check_arch_options(config.arch, config.arch_options)  # checks the arch itself first
     check_dataset(config.dataset)
-    RuleOptions(**config.rule_options()).validate().check_used_by(parse_rule(config.rule))
+    check_rule_options(config.rule, config.rule_options, **config.rule_engine_options())
     return config
 
 
@@ -55,6 +56,8 @@ def preflight(config: RunConfig) -> torch.device:
     check_config(config)
     device = resolve_device(config.device)
     check_amp(config.amp, device)
+    if config.jpeg_decoder == "gpu" and device.type != "cuda":
+        raise FabenchError("--jpeg-decoder gpu needs a CUDA device; use --jpeg-decoder cpu on the CPU")
     check_results_dir(Path(config.results_dir))
     return device
 
@@ -88,7 +91,8 @@ def load_data(config: RunConfig):
 
     image_size = config.image_size or default_image_size(config.arch, config.dataset)
     return load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset,
-                        seed=SUBSET_SEED, image_size=image_size, val_split=config.val_split)
+                        seed=SUBSET_SEED, image_size=image_size, val_split=config.val_split,
+                        decode=config.jpeg_decoder)
 
 
 def build_model(config: RunConfig, dataset, device: torch.device):
@@ -102,7 +106,8 @@ def build_model(config: RunConfig, dataset, device: torch.device):
                                  image_size=dataset.image_size, **config.arch_options)
     reinitialise(covered_layers(model, tuple(config.exclude)).values(), config.weight_init, config.weight_init_scale)
     side = dataset.image_size or getattr(dataset, "native_size", None)
-    handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude), **config.rule_options(),
+    handle = apply(model, config.rule, seed=config.seed, exclude=tuple(config.exclude), options=config.rule_options,
+                   **config.rule_engine_options(),
                    feedback_memory=config.feedback_memory,
                    input_shape=(dataset.in_chans, side, side) if side else None)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
