@@ -1,10 +1,11 @@
 """glibc malloc settings for training: freed activation memory stays in the process.
 
 With glibc's defaults, the memory a training step frees at the top of the heap goes back to the
-kernel and the next step faults it in again, page by page: on a 2-core CPU that is a fifth of
-the CPU time spent in the kernel. :func:`keep_freed_memory` raises the trim threshold, pads
-every heap growth and raises the mmap threshold to glibc's ceiling (``mallopt``, which takes
-effect at once, so it can run after the interpreter started). The cost is a few tens of MiB of
+kernel and the next step faults it in again, page by page, and every block above the mmap
+threshold is mapped and unmapped on each use: on a 2-core CPU that is a sixth of the CPU time
+spent in the kernel. :func:`keep_freed_memory` turns off trimming and separately mapped blocks
+and pads every heap growth (``mallopt``, which takes effect at once, so it can run after the
+interpreter started). The cost is a few tens of MiB of
 resident memory that the process keeps between steps.
 
 Nothing is changed when the user or a benchmark set the allocator through ``MALLOC_*``
@@ -22,12 +23,14 @@ import os
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
-#: mallopt parameter -> value. The mmap threshold's ceiling on 64-bit glibc is 32 MiB; larger
-#: blocks are still mapped directly (they are rare and large enough that faulting them is cheap
-#: per byte). The trim threshold is the largest value mallopt's int argument takes.
+#: mallopt parameter -> value: no block is mapped on its own (a mapped block is unmapped when
+#: freed and faulted in again when next allocated; glibc still maps when the heap cannot grow),
+#: the heap is never trimmed (the largest value mallopt's int argument takes) and grows in
+#: 512 MiB steps.
 TRAINING_MALLOC = {
-    _M_MMAP_THRESHOLD: 32 << 20,
+    _M_MMAP_MAX: 0,
     _M_TRIM_THRESHOLD: (1 << 31) - 1,
     _M_TOP_PAD: 512 << 20,
 }
@@ -62,4 +65,4 @@ def keep_freed_memory() -> str:
         return "malloc of the C library (not glibc: left as it is)"
     if not all(libc.mallopt(param, value) == 1 for param, value in TRAINING_MALLOC.items()):
         return "glibc malloc (some settings refused: defaults kept for those)"
-    return "glibc malloc keeping freed memory (trim off, 512 MiB top pad)"
+    return "glibc malloc keeping freed memory (no trimming, no separately mapped blocks, 512 MiB top pad)"

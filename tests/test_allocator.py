@@ -16,13 +16,11 @@ from fabench._allocator import keep_freed_memory
 print(keep_freed_memory(), file=sys.stderr)
 import torch
 torch.manual_seed(0)
-net = torch.nn.Sequential(
-    torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1),
-    torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
-x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-def step():
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
+x = torch.randn(64, 3, 48, 48)
+def step():  # activations of 36 MiB each: above glibc's largest mmap threshold (32 MiB)
     net.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(net(x), y).backward()
+    net(x).square().mean().backward()
 for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -45,7 +43,7 @@ def test_training_steps_stop_faulting_memory_in():
     default, how_default = _faults({"FABENCH_MALLOC": "default"})
     assert "keeping freed memory" in how
     assert "environment" in how_default
-    assert kept * 4 < default, (kept, default)
+    assert kept * 10 < default, (kept, default)
 
 
 def test_allocator_left_alone_when_the_environment_sets_it():
