@@ -212,8 +212,44 @@ def run_job(job: TuneJob) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage),
                               sampler=_sampler(job), pruner=_pruner(job))
-    base = _base_values(job.cell, job.params)
-    study.optimize(_objective(job, base), n_trials=job.trials, catch=(), callbacks=[lambda _, trial: _print_trial(job, trial)])
+    objective = _objective(job, base=_base_values(job.cell, job.params))
+    for _ in range(job.trials):
+        with _ask_lock(job):
+            trial = study.ask()
+        _run_trial(study, trial, objective)
+        _print_trial(job, study.get_trials(deepcopy=False)[trial.number])
+
+
+def _ask_lock(job: TuneJob):
+    """A lock around taking a study's next trial, shared by the processes tuning it.
+
+    A queued trial (the recipe, or a killed one queued again) must go to exactly one process;
+    SQLite cannot promise that to two processes asking at once, so they ask in turn. Other
+    storages (a database server, Optuna's journal file) hand out queued trials atomically."""
+    import contextlib
+
+    from fabench.train.records import file_lock
+
+    if not job.storage.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    database = Path(job.storage.removeprefix("sqlite:///"))
+    return file_lock(database.with_name(f".{database.name}.ask.lock"))
+
+
+def _run_trial(study, trial, objective) -> None:
+    """Run one asked trial and tell the study how it ended (pruned, its score, or failed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 def _sampler(job: TuneJob):
