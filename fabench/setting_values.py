@@ -11,8 +11,9 @@ from __future__ import annotations
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Learning-rate schedules (fabench.train.schedule); cosine anneals per step.
 SCHEDULES = ("none", "step", "multistep", "cosine")
-#: Mixed precision: off, bfloat16, or float16 with a gradient scaler (CUDA).
-AMP_MODES = ("off", "bf16", "fp16")
+#: Mixed precision: auto (by architecture and device, fabench.train.recipes), off, bfloat16, or
+#: float16 with a gradient scaler (CUDA).
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 #: Where a folder dataset's JPEGs are decoded: the DataLoader workers, or the run's CUDA device.
 JPEG_DECODERS = ("cpu", "gpu")
 #: Trackers a run's metrics can be sent to.

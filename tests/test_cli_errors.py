@@ -42,7 +42,7 @@ CASES = [
     ("run-weight-init", ["run", "--weight-init", "he"], "Invalid value for '--weight-init': 'he' is not one of 'default'"),
     ("run-optimizer", ["run", "--optimizer", "adm"], "Invalid value for '--optimizer': 'adm' is not one of 'sgd', 'adam', 'adamw'"),
     ("run-schedule", ["run", "--schedule", "linear"], "Invalid value for '--schedule': 'linear' is not one of"),
-    ("run-amp", ["run", "--amp", "fp8"], "Invalid value for '--amp': 'fp8' is not one of 'off', 'bf16', 'fp16'"),
+    ("run-amp", ["run", "--amp", "fp8"], "Invalid value for '--amp': 'fp8' is not one of 'auto', 'off', 'bf16', 'fp16'"),
     ("run-sn-norm", ["run", "--sn-norm", "l2"], "Invalid value for '--sn-norm': 'l2' is not one of 'fro', 'spectral'"),
     ("run-ei-mode", ["run", "--ei-mode", "keep"], "Invalid value for '--ei-mode': 'keep' is not one of 'zero', 'keep-sign'"),
     ("run-mirror-every", ["run", "--mirror-every", "batch"], "Invalid value for '--mirror-every': 'batch' is not one of"),

@@ -30,9 +30,11 @@ from fabench.train.schema import DONE_STATUSES
 REPO = Path(__file__).resolve().parent.parent
 #: Global batch 50 (25 images per rank and step). Few steps: float differences in the last bits grow
 #: with training, and sign-concordant feedback turns a weight's sign flip near zero into a step.
+#: In fp32 NCHW on every CPU (``--amp off --no-channels-last``): the tolerances below are fp32's.
 SETTINGS = ["--arch", "arch1", "--dataset", "cifar10-mini", "--image-size", "24",
             "--batch-size", "50", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--schedule", "none",
-            "--weight-init-scale", "1", "--diagnostics", "off", "--device", "cpu", "--no-progress"]
+            "--weight-init-scale", "1", "--diagnostics", "off", "--device", "cpu", "--no-progress",
+            "--amp", "off", "--no-channels-last"]
 RUNS = {"bp": (1, 200), "fa-usf-sn+const": (2, 100), "dfa": (1, 200)}  # rule -> (epochs, subset): 4 steps each
 
 
@@ -63,7 +65,7 @@ def config_of(rule: str, results: Path) -> RunConfig:
     epochs, subset = RUNS[rule]
     return RunConfig(rule=rule, epochs=epochs, arch="arch1", dataset="cifar10-mini", subset=subset, image_size=24,
                      batch_size=50, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="none",
-                     weight_init_scale=1.0,
+                     weight_init_scale=1.0, amp="off", channels_last=False,
                      diagnostics="off", device="cpu", progress=False, results_dir=str(results))
 
 

@@ -212,7 +212,9 @@ def grid(
     load_plugins(plugins)  # before the task's rules are checked
     loaded = load_task(task, task_dirs(tasks_dir))
     gpu_ids = parse_gpus(gpus)
-    placement = {"results_dir": str(results_dir), "data_dir": str(data_dir), "device": "cuda" if gpu_ids else device, "progress": False}
+    on_gpus = gpu_ids or (slurm_options is not None and slurm_options.gpus_per_cell > 0 and device == "auto")
+    # the cells' device decides their --amp auto: CUDA for GPU workers and GPU jobs, not this machine's
+    placement = {"results_dir": str(results_dir), "data_dir": str(data_dir), "device": "cuda" if on_gpus else device, "progress": False}
     if launcher == "local" and not dry_run:
         check_placement(placement["device"], gpu_ids)
     cells = select_cells(loaded.cells(**placement), rule=rule, arch=arch, dataset=dataset, seed=seed, variant=variant, limit=limit)

@@ -17,7 +17,9 @@ Small datasets live in memory as uint8 and are served from device memory (``_loa
 ImageNet is streamed by DataLoader workers (``_imagenet``) that crop to uint8
 (``_folder_crops``: ``TrainCrop``, ``EvalCrop``), normalised on the device (``_folder_batches``:
 ``FolderBatches``; ``JpegPlan`` and ``DeviceDecoder`` when the device decodes the JPEGs).
-Downsampled ImageNet (``imagenet16/32/64``, ``_downsampled``) is held like the small datasets. Embedded samples are built by
+Downsampled ImageNet (``imagenet16/32/64``, ``_downsampled``) is held like the small datasets
+where it fits, else converted once to ``.npy`` (``_npy_cache``) and streamed from a memory map
+(``_placement``; ``FABENCH_DATA_STREAM``). Embedded samples are built by
 ``make_embedded.py`` (provenance in its docstring).
 """
 

@@ -6,7 +6,8 @@ device loader slices); conversion to float and normalisation happen per batch on
 Normalisation statistics (``mean``, ``std``, per channel, in [0, 1] pixel units) are computed
 exactly from the dataset's full training split, before any ``subset`` is taken, so that a
 subset run normalises its inputs like a full run. They come from 256-bin pixel histograms,
-which is exact and needs no float copy of the data. An evaluation-only set (no training split)
+which is exact and needs no float copy of the data; they are counted a few thousand images at
+a time, one pass over a memory-mapped split. An evaluation-only set (no training split)
 uses its test split; code evaluating a trained model should prefer the statistics recorded
 with the model.
 """
@@ -19,7 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from fabench.data._placement import fits_host, gb, is_mapped
 from fabench.errors import FabenchError
+
+#: bytes of images whose histograms are counted at once by :func:`channel_stats`
+_STATS_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
@@ -108,16 +113,34 @@ class InMemoryDataset:
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and standard deviation of uint8 ``[N, C, H, W]`` images, in [0, 1]."""
+    channels = images.shape[1]
+    counts = torch.zeros(channels, 256, dtype=torch.int64)
+    rows = max(1, _STATS_CHUNK_BYTES // max(1, images[:1].numel()))
+    for start in range(0, images.shape[0], rows):
+        chunk = images[start : start + rows]
+        for channel in range(channels):
+            counts[channel] += torch.bincount(chunk[:, channel].reshape(-1), minlength=256)
     levels = torch.arange(256, dtype=torch.float64)
     means, stds = [], []
-    for channel in range(images.shape[1]):
-        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).double()
-        total = counts.sum()
-        mean = (counts * levels).sum() / total
-        var = (counts * (levels - mean) ** 2).sum() / total
+    for channel in range(channels):
+        histogram = counts[channel].double()
+        total = histogram.sum()
+        mean = (histogram * levels).sum() / total
+        var = (histogram * (levels - mean) ** 2).sum() / total
         means.append(round(float(mean) / 255, 6))
         stds.append(round(float(var.sqrt()) / 255, 6))
     return tuple(means), tuple(stds)
+
+
+def _take_rows(images: Tensor, rows: Tensor, what: str) -> Tensor:
+    """``images[rows]`` in memory; from a memory-mapped split only when that copy fits."""
+    if is_mapped(images):
+        nbytes = int(images[:1].numel()) * int(rows.sum() if rows.dtype == torch.bool else rows.numel())
+        fits, available = fits_host(nbytes)
+        if not fits:
+            raise FabenchError(f"{what} copies {gb(nbytes)} of the streamed training split into memory, which "
+                               f"has {gb(available)} available; use a smaller one")
+    return images[rows]
 
 
 def balanced_counts(class_sizes: list[int], n: int) -> list[int]:
@@ -161,7 +184,7 @@ def take_train_subset(dataset: InMemoryDataset, n: int, seed: int) -> InMemoryDa
         raise FabenchError(f"dataset '{dataset.name}' has no training split to take --subset from")
     keep = balanced_subset(dataset.y_train, n, dataset.num_classes, seed)
     return dataclasses.replace(
-        dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep]
+        dataset, x_train=_take_rows(dataset.x_train, keep, f"--subset {n}"), y_train=dataset.y_train[keep]
     )
 
 
@@ -180,5 +203,5 @@ def take_validation_split(dataset: InMemoryDataset, n: int, seed: int) -> InMemo
     held = balanced_subset(dataset.y_train, n, dataset.num_classes, seed)
     keep = torch.ones(dataset.n_train, dtype=torch.bool)
     keep[held] = False
-    return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
-                               x_val=dataset.x_train[held], y_val=dataset.y_train[held])
+    return dataclasses.replace(dataset, x_train=_take_rows(dataset.x_train, keep, f"--val-split {n}"),
+                               y_train=dataset.y_train[keep], x_val=dataset.x_train[held], y_val=dataset.y_train[held])

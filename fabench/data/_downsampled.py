@@ -14,13 +14,18 @@ green, then blue), and ``labels``, ``N`` class numbers from 1 to 1000; training 
 ``DATA_DIR/imagenet<s>``, ``DATA_DIR/Imagenet<s>`` or ``DATA_DIR`` itself, directly or one
 folder down (the official archives unpack to ``Imagenet64_train_part1_npz/`` and the like).
 
-Rows reshape to ``[N, 3, s, s]`` without reordering; labels become 0–999. The splits are held
-as uint8 tensors like every in-memory dataset (the 64 px training split is 15.7 GB), so the
-device loader serves them from device memory.
+Rows reshape to ``[N, 3, s, s]`` without reordering; labels become 0–999. A split that fits
+in memory is held as a uint8 tensor like every in-memory dataset (the 64 px training split is
+15.7 GB), so the device loader serves it from device memory. One that does not (or every one,
+with ``FABENCH_DATA_STREAM=always``) is converted once to a ``.npy`` file
+(:mod:`fabench.data._npy_cache`) and streamed from its memory map.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -29,7 +34,8 @@ import numpy as np
 import torch
 
 from fabench.data._dataset import Splits
-from fabench.data._fingerprint import tree_fingerprint
+from fabench.data._npy_cache import CACHE_FOLDER, cache_folder, cached_split
+from fabench.data._placement import gb, note, stream_from_disk
 from fabench.errors import FabenchError
 
 SIDES = (16, 32, 64)
@@ -59,8 +65,8 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def find_files(data_dir: str | Path, side: int) -> tuple[list[Path], Path]:
-    """The ten training files and the validation file; a one-line FabenchError naming what is missing."""
+def _locate(data_dir: str | Path, side: int) -> tuple[Path, list[Path], Path]:
+    """The folder the files were found in, the ten training files and the validation file."""
     base = Path(data_dir).expanduser()
     for root in _roots(base, side):
         if not root.is_dir():
@@ -71,9 +77,30 @@ def find_files(data_dir: str | Path, side: int) -> tuple[list[Path], Path]:
         missing = [name for name, path in found.items() if path is None]
         if missing:
             raise FabenchError(f"imagenet{side}: {root} lacks {', '.join(missing)}; {expected(side)}")
-        return [found[name] for name in TRAIN_FILES], found[VAL_FILE]
+        return root, [found[name] for name in TRAIN_FILES], found[VAL_FILE]
     raise FabenchError(f"imagenet{side} not found in {base}/imagenet{side} or {base}; {expected(side)}; "
                        "pass --data-dir")
+
+
+def find_files(data_dir: str | Path, side: int) -> tuple[list[Path], Path]:
+    """The ten training files and the validation file; a one-line FabenchError naming what is missing."""
+    _, train, val = _locate(data_dir, side)
+    return train, val
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_fingerprint(root: str) -> str:
+    """:func:`fabench.data._fingerprint.tree_fingerprint` of ``root`` leaving out the cache
+    folder, so that converting a split changes no run id (the same string when there is none).
+    Cached per process: a run's id must not change while it runs."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(name for name in dirs if name != CACHE_FOLDER)
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return f"files:{digest.hexdigest()}"
 
 
 def files_fingerprint(data_dir: str | Path, side: int) -> str | None:
@@ -84,7 +111,7 @@ def files_fingerprint(data_dir: str | Path, side: int) -> str | None:
     except FabenchError:
         return None
     folders = sorted({str(path.parent.resolve()) for path in (*train, val)})
-    return " ".join(tree_fingerprint(folder) for folder in folders)
+    return " ".join(_tree_fingerprint(folder) for folder in folders)
 
 
 def _one_line(err: BaseException) -> str:
@@ -128,10 +155,10 @@ def _count(path: Path, side: int) -> int:
         raise FabenchError(f"cannot read {path} ({_one_line(err)}); {expected(side)}") from None
 
 
-def _stack(paths: list[Path], side: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack(paths: list[Path], counts: list[int], side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read ``paths`` into one preallocated tensor: the whole split plus one file in memory at
     most, not two copies of the split."""
-    total = sum(_count(path, side) for path in paths)
+    total = sum(counts)
     images = torch.empty((total, 3, side, side), dtype=torch.uint8)
     labels = torch.empty(total, dtype=torch.int64)
     start = 0
@@ -145,13 +172,30 @@ def _stack(paths: list[Path], side: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:start], labels[:start]
 
 
+def _read_split(split: str, paths: list[Path], side: int, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split, held in memory, or converted once and memory-mapped when streamed."""
+    counts = [_count(path, side) for path in paths]
+    per_image = 3 * side * side
+    nbytes = sum(counts) * per_image
+    stream, why = stream_from_disk(nbytes, max(counts) * per_image)
+    if not stream:
+        return _stack(paths, counts, side)
+    folder = cache_folder(root, f"imagenet{side}")
+    label = f"imagenet{side} {split} split"
+    images, labels = cached_split(folder, split, label, paths, counts, (3, side, side),
+                                  lambda path: read_batch(path, side))
+    note(f"{label} ({gb(nbytes)}) memory-mapped from {folder}, not read into memory ({why})")
+    return images, labels
+
+
 def read_downsampled(data_dir: str | Path, side: int) -> Splits:
-    """Both splits of Downsampled ImageNet at ``side`` pixels, as uint8 NCHW tensors."""
+    """Both splits of Downsampled ImageNet at ``side`` pixels, as uint8 NCHW tensors (held in
+    memory, or memory-mapped when streamed)."""
     if side not in SIDES:
         raise FabenchError(f"Downsampled ImageNet comes at {', '.join(map(str, SIDES))} pixels, not {side}")
-    train, val = find_files(data_dir, side)
-    x_train, y_train = _stack(train, side)
-    x_test, y_test = _stack([val], side)
+    root, train, val = _locate(data_dir, side)
+    x_train, y_train = _read_split("train", train, side, root)
+    x_test, y_test = _read_split("val", [val], side, root)
     if not len(x_test):
         raise FabenchError(f"{val}: the validation file holds no images; {expected(side)}")
     return Splits(x_train, y_train, x_test, y_test, num_classes=NUM_CLASSES)

@@ -16,24 +16,63 @@ split is the caller's business (see :meth:`DeviceLoader.num_train_batches`).
 
 Output: float32 ``[B, C, image_size, image_size]`` normalised with the dataset's mean and std,
 and int64 labels ``[B]``, both on the device.
+
+Streamed splits: a split that stays on the host (memory-mapped, or too large for the device;
+see :func:`fabench.data._placement.place`) is served the same way, except that each batch's
+images are gathered on the host, a few batches ahead on a background thread, and copied to the
+device as uint8 before augmentation. The draws, the order and therefore the batches are the
+same as when the split is held on the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
 from fabench.data._augment import augment_test, augment_train, draw_epoch, fit_to_size, get_policy
 from fabench.data._dataset import InMemoryDataset
+from fabench.data._placement import is_mapped, place
 from fabench.errors import FabenchError
 
 Batch = tuple[Tensor, Tensor]
 
+#: batches of a streamed split gathered ahead of the one being used
+PREFETCH = 4
+
 
 def _count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def gather_rows(images: Tensor, index: Tensor) -> Tensor:
+    """``images[index]``, read in ascending row order (neighbouring rows of a memory map come
+    from the same pages) and returned in ``index``'s order."""
+    ordered, position = index.sort()
+    rows = images.index_select(0, ordered)
+    return torch.empty_like(rows).index_copy_(0, position, rows)
+
+
+def host_batches(images: Tensor, indices: Iterable[Tensor], device: torch.device) -> Iterator[Tensor]:
+    """``images[index]`` on ``device`` for each index batch, gathered on the host by a
+    background thread :data:`PREFETCH` batches ahead."""
+    indices = iter(indices)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fabench-gather")
+    try:
+        pending = deque(pool.submit(gather_rows, images, index) for index in itertools.islice(indices, PREFETCH))
+        while pending:
+            batch = pending.popleft().result()
+            following = next(indices, None)
+            if following is not None:
+                pending.append(pool.submit(gather_rows, images, following))
+            yield batch.to(device)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DeviceLoader:
@@ -44,11 +83,11 @@ class DeviceLoader:
         self.device = torch.device(device)
         self.policy = get_policy(dataset.augment)
         self.image_size = dataset.image_size
-        self.x_train = dataset.x_train.to(self.device)
+        self.x_train = place(dataset.x_train, self.device, f"{dataset.name} training split")
         self.y_train = dataset.y_train.to(self.device)
-        self.x_test = dataset.x_test.to(self.device)
+        self.x_test = place(dataset.x_test, self.device, f"{dataset.name} test split")
         self.y_test = dataset.y_test.to(self.device)
-        self.x_val = dataset.x_val.to(self.device)
+        self.x_val = place(dataset.x_val, self.device, f"{dataset.name} validation split")
         self.y_val = dataset.y_val.to(self.device)
         mean = torch.tensor(dataset.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -70,6 +109,10 @@ class DeviceLoader:
     def num_test_batches(self, batch_size: int) -> int:
         return _count_batches(self.n_test, batch_size, False)
 
+    def streamed(self, images: Tensor) -> bool:
+        """True when ``images`` (one of the splits) is served from the host batch by batch."""
+        return images.device.type != self.device.type or is_mapped(images)
+
     def _finish(self, images: Tensor) -> Tensor:
         """Resize to ``image_size`` and normalise to float32."""
         images = fit_to_size(images, self.image_size)
@@ -86,24 +129,27 @@ class DeviceLoader:
         if batch_size < 1:
             raise FabenchError(f"batch size must be at least 1, got {batch_size}")
         draws = draw_epoch(self.n_train, self.policy, self.dataset.native_size, generator)
-        order = draws.order.to(self.device)
         offsets = None if draws.offsets is None else draws.offsets.to(self.device)
         flips = None if draws.flips is None else draws.flips.to(self.device)
-        return self._epoch(batch_size, order, offsets, flips, drop_last)
+        return self._epoch(batch_size, draws.order, offsets, flips, drop_last)
 
     def _epoch(self, batch_size, order, offsets, flips, drop_last) -> Iterator[Batch]:
-        for start in range(
-            0, self.num_train_batches(batch_size, drop_last) * batch_size, batch_size
-        ):
-            window = slice(start, start + batch_size)
-            index = order[window]
-            images = augment_train(
-                self.x_train[index],
-                self.policy,
-                None if offsets is None else offsets[window],
-                None if flips is None else flips[window],
-            )
-            yield self._finish(images), self.y_train[index]
+        end = self.num_train_batches(batch_size, drop_last) * batch_size
+        windows = [slice(start, start + batch_size) for start in range(0, end, batch_size)]
+        on_device = order.to(self.device)
+        if self.streamed(self.x_train):
+            images = host_batches(self.x_train, [order[window] for window in windows], self.device)
+        else:
+            images = (self.x_train[on_device[window]] for window in windows)
+        with contextlib.closing(images):
+            for window, batch in zip(windows, images, strict=True):
+                augmented = augment_train(
+                    batch,
+                    self.policy,
+                    None if offsets is None else offsets[window],
+                    None if flips is None else flips[window],
+                )
+                yield self._finish(augmented), self.y_train[on_device[window]]
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         """The test split in stored order, with the policy's test transform."""
@@ -116,9 +162,18 @@ class DeviceLoader:
     def _fixed_batches(self, images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Batch]:
         if batch_size < 1:
             raise FabenchError(f"batch size must be at least 1, got {batch_size}")
-        for start in range(0, labels.shape[0], batch_size):
-            batch = augment_test(images[start : start + batch_size], self.policy)
-            yield self._finish(batch), labels[start : start + batch_size]
+        n = labels.shape[0]
+        if not self.streamed(images):
+            for start in range(0, n, batch_size):
+                batch = augment_test(images[start : start + batch_size], self.policy)
+                yield self._finish(batch), labels[start : start + batch_size]
+            return
+        starts = range(0, n, batch_size)
+        batches = host_batches(images, [torch.arange(start, min(start + batch_size, n)) for start in starts],
+                               self.device)
+        with contextlib.closing(batches):
+            for start, batch in zip(starts, batches, strict=True):
+                yield self._finish(augment_test(batch, self.policy)), labels[start : start + batch_size]
 
 
 def _loader(data: InMemoryDataset | DeviceLoader, device) -> DeviceLoader:

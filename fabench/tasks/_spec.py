@@ -29,6 +29,7 @@ from fabench.errors import FabenchError, unknown_choice
 from fabench.tasks._source import Location, Problem, RawTask
 from fabench.tasks._tune_spec import TuneSpec, parse_tune
 from fabench.train.config import SETTINGS, RunConfig
+from fabench.train.recipes import pin_precision
 from fabench.train.settings import field_types
 
 #: Keys a task file may hold.
@@ -120,7 +121,10 @@ class Task:
     def cells(self, **placement: Any) -> list[Cell]:
         """Expand the grid into cells; ``placement`` sets results_dir, data_dir, device, ...
 
-        Order: seeds outermost, so a partly run grid already has every rule at seed 0.
+        Order: seeds outermost, so a partly run grid already has every rule at seed 0. Each
+        cell's precision is decided here, for its device (``--amp auto``:
+        :func:`fabench.train.recipes.pin_precision`), so that whichever process or machine runs
+        the cell runs what its run id says.
         """
         variants = list(self.variants) or [None]
         cells = []
@@ -134,10 +138,10 @@ class Task:
             for entry in self.when:
                 if entry.applies(axes):
                     settings.update(entry.settings)
-            config = RunConfig.from_dict({
+            config = pin_precision(RunConfig.from_dict({
                 **settings, **placement, "rule": rule, "arch": arch, "dataset": dataset, "seed": seed,
                 "task": self.name, "task_version": self.version,
-            })
+            }))
             cells.append(Cell(rule, arch, dataset, seed, variant, config))
         return cells
 

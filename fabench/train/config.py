@@ -160,9 +160,18 @@ class RunConfig:
                                        help="A Python file or module that registers rules, architectures or datasets "
                                             "(repeatable).")
     # numerics and speed
-    amp: str = setting("off", panel=EXEC, identity="always", choices=AMP_MODES,
-                       help="Mixed precision: bf16, fp16 (CUDA, with GradScaler) or off.")
-    channels_last: bool = setting(False, panel=EXEC, identity="always", help="NHWC memory layout.")
+    # precision and layout: auto (and channels_last None) are decided by fabench.train.recipes
+    # (per architecture, on CPUs with native bf16); the resolved config holds what ran
+    amp: str = setting("auto", panel=EXEC, identity="always", choices=AMP_MODES,
+                       help="Mixed precision: auto (bf16 where the architecture was measured faster on a CPU "
+                            "with native bf16, else off), bf16, fp16 (CUDA, with GradScaler) or off.")
+    channels_last: bool | None = setting(None, panel=EXEC, identity="always", show_default="auto, as --amp",
+                                         help="NHWC memory layout.")
+    #: why the run computes in its precision and layout; set where --amp auto is decided, so that a
+    #: grid's worker, a SLURM job or a tuning trial reports the decision its cell was given
+    precision_reason: str = setting("", panel=EXEC, identity="never", column=False, option=None,
+                                    task_file="placement",
+                                    help="Why the run uses its precision and memory layout.")
     compile: bool = setting(False, panel=EXEC, identity="always", help="torch.compile the model.")
     deterministic: bool = setting(False, panel=EXEC, identity="always", help="Deterministic kernels (bitwise resumable on CPU).")
     #: the tuning trial whose settings this run uses ("study#trial", ``fabench grid --tuned``); its
@@ -257,7 +266,7 @@ class RunConfig:
         return {meta.rule_option: getattr(self, name) for name, meta in SETTINGS.items() if meta.rule_option}
 
     def resolved(self) -> RunConfig:
-        """This config with every recipe field filled (see :mod:`fabench.train.recipes`)."""
+        """This config with every recipe field filled and ``--amp auto`` decided (see :mod:`fabench.train.recipes`)."""
         from fabench.train.recipes import resolve
 
         return resolve(self).config

@@ -6,13 +6,20 @@ scales the loss with a GradScaler, which needs CUDA. BatchNorm and the loss stay
 under autocast (PyTorch's autocast policy). ``--deterministic`` asks PyTorch for deterministic
 kernels for the duration of the run and restores the previous setting afterwards, so several
 runs in one process do not leak settings into each other.
+
+``--amp auto`` is decided by :mod:`fabench.train.recipes`; what it asks of the machine is here:
+whether the run's device is the CPU (:func:`runs_on_cpu`) and whether that CPU computes bfloat16
+in hardware (:func:`cpu_has_native_bf16`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -44,6 +51,38 @@ def resolve_device(name: str) -> torch.device:
     if device.index is not None and device.index >= count:
         raise FabenchError(f"--device {name}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
     return device
+
+
+def runs_on_cpu(device: str) -> bool:
+    """True if ``--device device`` puts a run on this machine's CPU: ``cpu``, or ``auto`` without CUDA."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+#: /proc/cpuinfo flags of x86 CPUs that compute bfloat16 in hardware (AVX-512 BF16, AMX).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True on a Linux x86 CPU with AVX-512 BF16 or AMX whose bfloat16 kernels torch's oneDNN uses.
+
+    Only there was bf16 measured faster than fp32 (docs/benchmarks.md). oneDNN alone also says yes
+    on AVX-512 CPUs that emulate bfloat16, hence the CPU flags; on other systems (no
+    /proc/cpuinfo) and other CPUs the answer is no, and runs stay in fp32.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    if not flags & NATIVE_BF16_FLAGS:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
 
 def check_amp(amp: str, device: torch.device) -> None:

@@ -33,6 +33,13 @@ needs its own (``kp``: weight decay on W and B, which is what brings B to W).
 
 Recipes are priors: ``fabench tune`` starts each cell's search from them (its first trial) and
 searches around them with the same budget for every rule.
+
+Precision and memory layout are resolved here too (:func:`decide_precision`): ``--amp auto`` and
+an unset ``--channels-last`` become what the architecture declares for CPUs with native bfloat16
+(``cpu_amp``, ``cpu_channels_last`` of its registration; arch1 and the CIFAR ResNets: bf16
+autocast and channels_last, measured faster, docs/benchmarks.md) when the run is on such a CPU,
+and fp32 NCHW everywhere else (other architectures, other CPUs, CUDA). A grid decides once, where
+it computes its cells' run ids (:func:`pin_precision`), and its workers run what it decided.
 """
 
 from __future__ import annotations
@@ -114,6 +121,68 @@ RECIPES = (
 
 
 @dataclass(frozen=True)
+class Precision:
+    """What a run computes in (``amp``: off, bf16 or fp16), whether in channels_last, and why."""
+
+    amp: str
+    channels_last: bool
+    reason: str
+
+    def header(self) -> str:
+        """``precision: bf16 autocast, channels_last (auto: ...)`` for the run header."""
+        kind = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.amp]
+        return f"precision: {kind}{', channels_last' if self.channels_last else ''} ({self.reason})"
+
+
+def _auto_precision(arch: str, device: str) -> tuple[str, bool, str]:
+    """``(amp, channels_last, why)`` for a run that leaves both to fabench: the architecture's
+    declared CPU choice on a CPU with native bf16, else fp32 NCHW."""
+    from fabench.archs import ARCHS, split_source
+    from fabench.train import device as machine
+
+    if not machine.runs_on_cpu(device):
+        return "off", False, "fp32 on CUDA, where bf16 is not measured yet"
+    if not machine.cpu_has_native_bf16():
+        return "off", False, "this CPU has no native bf16"
+    forced, bare = split_source(arch)
+    spec = ARCHS.get(bare) if forced in (None, "fabench") and bare in ARCHS else None
+    if spec is None or (spec.cpu_amp, spec.cpu_channels_last) == ("off", False):
+        return "off", False, f"{arch} keeps fp32 on CPU"
+    return spec.cpu_amp, spec.cpu_channels_last, f"CPU with native bf16; {spec.cpu_measured}"
+
+
+def _given(config) -> str:
+    """The options that set the precision and layout, as typed: ``--amp off --no-channels-last``."""
+    flags = [] if config.amp == "auto" else [f"--amp {config.amp}"]
+    if config.channels_last is not None:
+        flags.append("--channels-last" if config.channels_last else "--no-channels-last")
+    return " ".join(flags)
+
+
+def decide_precision(config) -> Precision:
+    """The run's precision and layout: as given, else by :func:`_auto_precision` for the run's
+    device. A config decided elsewhere (:func:`pin_precision`) keeps its decision and reason."""
+    auto_amp, auto_layout = config.amp == "auto", config.channels_last is None
+    if not (auto_amp or auto_layout):
+        return Precision(config.amp, config.channels_last, config.precision_reason or f"set by {_given(config)}")
+    amp, layout, why = _auto_precision(config.arch, config.device)
+    if auto_amp and auto_layout:
+        reason = f"auto: {why}"
+    else:
+        reason = f"set by {_given(config)}; the {'precision' if auto_amp else 'layout'} auto: {why}"
+    return Precision(amp if auto_amp else config.amp, layout if auto_layout else config.channels_last, reason)
+
+
+def pin_precision(config, precision: Precision | None = None):
+    """``config`` with its precision and layout decided here (or as ``precision`` says), with the
+    reason, so that the process that runs it elsewhere (a grid worker, a SLURM job, a tuning
+    trial, another rank) runs and reports this decision and computes the same run id."""
+    precision = precision or decide_precision(config)
+    return dataclasses.replace(config, amp=precision.amp, channels_last=precision.channels_last,
+                               precision_reason=precision.reason)
+
+
+@dataclass(frozen=True)
 class Resolution:
     """A resolved config, the recipe that filled it, and where each recipe field came from."""
 
@@ -121,6 +190,7 @@ class Resolution:
     recipe: str
     family: str
     sources: dict
+    precision: Precision
 
     def describe(self) -> dict:
         """JSON-ready, for the manifest."""
@@ -129,11 +199,11 @@ class Resolution:
                 "fields": {k: {"value": getattr(self.config, k), "from": v} for k, v in self.sources.items()}}
 
     def header(self) -> str:
-        """One line for the run header: the recipe and what it set."""
+        """One line for the run header: the recipe and what it set, the precision and why."""
         set_here = [f"{k} {getattr(self.config, k):g}" if isinstance(getattr(self.config, k), float)
                     else f"{k} {getattr(self.config, k)}" for k, v in self.sources.items() if v.startswith("recipe")]
         what = ", ".join(set_here) if set_here else "nothing (all given)"
-        return f"recipe {self.recipe}/{self.family}: {what}"
+        return f"recipe {self.recipe}/{self.family}: {what}; {self.precision.header()}"
 
 
 def find_recipe(name: str) -> Recipe | None:
@@ -155,7 +225,7 @@ def recipe_for(arch: str, choice: str = "auto") -> Recipe | None:
 
 
 def resolve(config) -> Resolution:
-    """``config`` with every recipe field filled (see the module docstring)."""
+    """``config`` with every recipe field filled and its precision decided (see the module docstring)."""
     from fabench.rules import absolute_plugins, load_plugins, rule_family
 
     plugins = absolute_plugins(config.plugins)  # recorded as absolute paths: eval and resume find them anywhere
@@ -183,4 +253,6 @@ def resolve(config) -> Resolution:
             values[name], sources[name] = FALLBACK[name], "default"
     if plugins != config.plugins:
         values["plugins"] = plugins
-    return Resolution(dataclasses.replace(config, **values), recipe.name if recipe else "none", family, sources)
+    filled = dataclasses.replace(config, **values)
+    precision = decide_precision(filled)
+    return Resolution(pin_precision(filled, precision), recipe.name if recipe else "none", family, sources, precision)

@@ -93,6 +93,7 @@ class RunRecords:
             "seeds": {"model_init": c.seed, "feedback": c.seed, "data_order": c.seed, "subset": SUBSET_SEED},
             "arch_source": s.arch_source, "num_params": s.num_params, "rule": s.handle.describe(),
             "recipe": s.recipe.describe(),
+            "precision": {"amp": c.amp, "channels_last": c.channels_last, "reason": c.precision_reason},
             "data": s.data.summary(),
             "device": describe_device(s.device), "versions": package_versions(), "git_commit": git_commit(),
             "steps_per_epoch": s.data.steps_per_epoch,

@@ -1,7 +1,8 @@
 """``run(config)``: one training run, end to end, with skip, resume and clean failure.
 
-1. Check everything (names, values, device, results folder) and build data, model, rule,
-   optimizer: any problem is a :class:`FabenchError` and nothing has been written.
+1. Resolve the config (the recipe, the precision: :mod:`fabench.train.recipes`), check
+   everything (names, values, device, results folder) and build data, model, rule, optimizer:
+   any problem is a :class:`FabenchError` and nothing has been written.
 2. An identical finished run (same ``run_id``, status ``finished``) is skipped unless
    ``force``; its runs.csv row is restored if missing.
 3. Otherwise the run folder is created and locked against a second process running the same
@@ -34,7 +35,7 @@ from fabench.train.epochs import Emit, call_hooks, run_epochs
 from fabench.train.hooks import EpochHook
 from fabench.train.interrupt import StopRun
 from fabench.train.parallel import Strategy
-from fabench.train.recipes import resolve
+from fabench.train.recipes import decide_precision, pin_precision, resolve
 from fabench.train.records import (
     CHECKPOINT,
     CURVES,
@@ -179,7 +180,8 @@ def run(config: RunConfig, *, force: bool = False, on_event: Emit | None = None,
     emit = strategy.emitter(on_event)
     if not TASK_NAME.fullmatch(config.task):
         raise FabenchError(f"task name '{config.task}' must be letters, digits, '.', '_' or '-' (it names a folder)")
-    resolution = resolve(config)  # the recipe fills what the user left unset
+    precision = strategy.agree(decide_precision(config))  # rank 0 decides --amp auto for every process
+    resolution = resolve(pin_precision(config, precision))  # the recipe fills what the user left unset
     config = resolution.config
     device = preflight(config)
     require_trackers(config.log)
