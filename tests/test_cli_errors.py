@@ -79,6 +79,7 @@ CASES = [
     ("bench-peak-steps", ["bench", "peak", "--steps", "0"], "--steps and --rounds must be at least 1"),
     ("bench-peak-arch", ["bench", "peak", "--arch", "lenett"], "unknown architecture 'lenett'"),
     ("bench-loop-int", ["bench", "loop", "--rounds", "abc"], "Invalid value for '--rounds'"),
+    ("bench-loop-amp", ["bench", "loop", "--amp", "auto"], "Invalid value for '--amp': 'auto' is not one of"),
     ("bench-probe-dataset", ["bench", "probe", "--dataset", "nope"], "unknown dataset 'nope'"),
     ("run-unknown-arch", ["run", "--arch", "resnet-nope"], "unknown architecture 'resnet-nope'"),
     ("run-unknown-dataset", ["run", "--dataset", "cifar11"], "unknown dataset 'cifar11'"),

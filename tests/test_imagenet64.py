@@ -275,6 +275,16 @@ def test_converting_changes_no_run_id(tmp_path, monkeypatch):
     assert _cache(tmp_path).is_dir() and files_fingerprint(tmp_path, 16) == before
 
 
+def test_a_cache_folder_named_inside_the_data_folder_changes_no_run_id(tmp_path, monkeypatch):
+    """FABENCH_CACHE_DIR pointing into the data folder is left out of the fingerprint too."""
+    root = write_official(tmp_path / "imagenet16", side=16)
+    before = files_fingerprint(tmp_path, 16)
+    monkeypatch.setenv("FABENCH_CACHE_DIR", str(root / "converted"))
+    _load(tmp_path, "always", monkeypatch)
+    _downsampled._tree_fingerprint.cache_clear()
+    assert (root / "converted" / "imagenet16").is_dir() and files_fingerprint(tmp_path, 16) == before
+
+
 def test_auto_streams_what_does_not_fit(tmp_path, monkeypatch):
     write_official(tmp_path / "imagenet16", side=16)  # reading needs 51 KB for training, 12 KB for validation
     monkeypatch.setattr(_placement, "host_memory", lambda: (_placement.GIB * 4 + 20_000, 8 * _placement.GIB))

@@ -90,7 +90,8 @@ TABLE = [
     ("resnet18", "cpu", True, False, {}, "off", False, "auto: resnet18 keeps fp32 on CPU"),
     ("tv:resnet18", "cpu", True, False, {}, "off", False, "auto: tv:resnet18 keeps fp32 on CPU"),
     ("arch1", "cpu", True, False, FP32, "off", False, "set by --amp off --no-channels-last"),
-    ("arch1", "cpu", True, False, {"amp": "off"}, "off", True, "set by --amp off; the layout auto: CPU with native"),
+    ("arch1", "cpu", True, False, {"amp": "off"}, "off", False, "set by --amp off; the layout auto: NCHW, as arch1's channels_last was measured with bf16"),
+    ("arch1", "cpu", True, False, {"amp": "bf16"}, "bf16", True, "set by --amp bf16; the layout auto: CPU with native"),
     ("arch1", "cpu", True, False, {"channels_last": False}, "bf16", False,
      "set by --no-channels-last; the precision auto: CPU with native"),
     ("lenet", "cpu", True, False, {"amp": "bf16"}, "bf16", False, "set by --amp bf16; the layout auto: lenet keeps"),
@@ -283,3 +284,41 @@ def test_resume_and_eval_use_the_runs_recorded_precision(tmp_path, native, monke
     monkeypatch.setattr("fabench.train.evaluation.evaluate", spy)
     evaluate_run(resumed.run_dir, "cifar10-mini", device="cpu")
     assert seen == {"amp": "bf16"}
+
+
+# --- review follow-ups -----------------------------------------------------------------------------
+
+PLUGIN_ARCH = """\
+from torch import nn
+from fabench.archs import register_arch
+
+
+@register_arch("{name}", "a plugin's small net that declares bf16 on the CPU", cpu_amp="bf16",
+               cpu_channels_last=True, cpu_measured="{name} measured by its author")
+def build(num_classes, in_chans=3, image_size=None):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+"""
+
+
+def test_a_plugin_architecture_declares_its_precision_before_it_is_loaded(tmp_path, native):
+    """`fabench run --plugin` decides before anything else loads the plugin: the decision loads it."""
+    native(True)
+    name = f"plugnet-{tmp_path.name}".lower()
+    plugin = tmp_path / "plugnet.py"
+    plugin.write_text(PLUGIN_ARCH.format(name=name))
+    assert name not in ARCHS
+    decided = decide_precision(RunConfig(arch=name, plugins=(str(plugin),), device="cpu"))
+    assert (decided.amp, decided.channels_last) == ("bf16", True)
+    assert f"{name} measured by its author" in decided.reason
+
+
+def test_precision_is_not_a_tuning_setting():
+    """A tuned value would leave the pinned decision's reason behind; precision is chosen by measurement."""
+    from fabench.errors import FabenchError
+    from fabench.tasks._tune_spec import parse_param
+    from fabench.train.config import SETTINGS
+
+    types = {name: "str" for name in SETTINGS}
+    for name in ("amp", "channels_last", "precision_reason"):
+        with pytest.raises(FabenchError, match="tunable run setting"):
+            parse_param(name, {"choices": ["off", "bf16"]}, types)

@@ -7,6 +7,11 @@ from typing import Annotated
 import typer
 
 from fabench.cli.bench import bench_app
+from fabench.cli.choices import choice_type, plain
+from fabench.setting_values import AMP_MODES
+
+#: The loop is timed at a precision the user names: both sides run it, so there is no "auto".
+LoopAmp = choice_type("LoopAmp", [mode for mode in AMP_MODES if mode != "auto"])
 
 
 @bench_app.command("loop")
@@ -18,7 +23,7 @@ def bench_loop(
     subset: Annotated[int | None, typer.Option(help="Train on this many images.")] = None,
     rounds: Annotated[int, typer.Option(help="Timed rounds of each side (after one warm-up round).")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="bf16, fp16 or off.")] = "off",
+    amp: Annotated[LoopAmp, typer.Option(help="Precision of both loops.")] = LoopAmp.off,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
 ) -> None:
     """Train ARCH under bp with `fabench run` and with a minimal PyTorch loop; print the ratio."""
@@ -27,6 +32,7 @@ def bench_loop(
     from fabench.train.config import RunConfig
     from fabench.train.session import preflight
 
+    amp = plain(amp)
     if rounds < 1:
         raise FabenchError(f"--rounds must be at least 1, got {rounds}")
     # plain SGD under bp, no probe: what the hand-written loop does too

@@ -139,7 +139,8 @@ def _take_rows(images: Tensor, rows: Tensor, what: str) -> Tensor:
         fits, available = fits_host(nbytes)
         if not fits:
             raise FabenchError(f"{what} copies {gb(nbytes)} of the streamed training split into memory, which "
-                               f"has {gb(available)} available; use a smaller one")
+                               f"has {gb(available)} available; use a smaller --subset, or --val-split 0 (a validation "
+                               "split copies the rest of the training images)")
     return images[rows]
 
 

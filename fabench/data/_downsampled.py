@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fabench.data._dataset import Splits
-from fabench.data._npy_cache import CACHE_FOLDER, cache_folder, cached_split
+from fabench.data._npy_cache import CACHE_FOLDER, CACHE_VARIABLE, cache_folder, cached_split
 from fabench.data._placement import gb, note, stream_from_disk
 from fabench.errors import FabenchError
 
@@ -91,11 +91,14 @@ def find_files(data_dir: str | Path, side: int) -> tuple[list[Path], Path]:
 @functools.lru_cache(maxsize=8)
 def _tree_fingerprint(root: str) -> str:
     """:func:`fabench.data._fingerprint.tree_fingerprint` of ``root`` leaving out the cache
-    folder, so that converting a split changes no run id (the same string when there is none).
+    folder (``.fabench-cache``, or ``FABENCH_CACHE_DIR`` when it lies inside ``root``), so that converting a split changes no run id (the same string when there is none).
     Cached per process: a run's id must not change while it runs."""
     digest = hashlib.sha256()
+    chosen = os.environ.get(CACHE_VARIABLE, "").strip()
+    elsewhere = os.path.realpath(os.path.expanduser(chosen)) if chosen else None
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(name for name in dirs if name != CACHE_FOLDER)
+        dirs[:] = sorted(name for name in dirs if name != CACHE_FOLDER
+                         and os.path.realpath(os.path.join(folder, name)) != elsewhere)
         for name in sorted(files):
             path = os.path.join(folder, name)
             stat = os.stat(path)

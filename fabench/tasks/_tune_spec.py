@@ -42,7 +42,8 @@ DEFAULT_TUNE_SEED = 100
 DEFAULT_SPACE = {"lr": {"scale": [0.1, 10.0]}}
 #: Settings a search may not touch: they are the tuning protocol itself, or the grid's axes.
 UNTUNABLE = frozenset({"epochs", "val_split", "seed", "rule", "arch", "dataset", "task", "task_version",
-                       "device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "recipe"})
+                       "device", "data_dir", "results_dir", "workers", "progress", "diagnostics", "recipe",
+                       "amp", "channels_last", "precision_reason"})
 
 
 @dataclass(frozen=True)

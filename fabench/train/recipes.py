@@ -162,15 +162,20 @@ def _given(config) -> str:
 def decide_precision(config) -> Precision:
     """The run's precision and layout: as given, else by :func:`_auto_precision` for the run's
     device. A config decided elsewhere (:func:`pin_precision`) keeps its decision and reason."""
+    from fabench.rules import absolute_plugins, load_plugins
+
     auto_amp, auto_layout = config.amp == "auto", config.channels_last is None
     if not (auto_amp or auto_layout):
         return Precision(config.amp, config.channels_last, config.precision_reason or f"set by {_given(config)}")
+    load_plugins(absolute_plugins(config.plugins))  # a plugin's architecture declares its own choice
     amp, layout, why = _auto_precision(config.arch, config.device)
     if auto_amp and auto_layout:
-        reason = f"auto: {why}"
-    else:
-        reason = f"set by {_given(config)}; the {'precision' if auto_amp else 'layout'} auto: {why}"
-    return Precision(amp if auto_amp else config.amp, layout if auto_layout else config.channels_last, reason)
+        return Precision(amp, layout, f"auto: {why}")
+    if auto_amp:
+        return Precision(amp, config.channels_last, f"set by {_given(config)}; the precision auto: {why}")
+    if config.amp != amp:  # the layout was measured with the declared precision only
+        layout, why = False, (f"NCHW, as {config.arch}'s channels_last was measured with {amp} only" if layout else why)
+    return Precision(config.amp, layout, f"set by {_given(config)}; the layout auto: {why}")
 
 
 def pin_precision(config, precision: Precision | None = None):
