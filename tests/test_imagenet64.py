@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fabench.data import DeviceLoader, _dataset, _downsampled, _placement, load_dataset
+from fabench.data import DeviceLoader, _dataset, _placement, load_dataset
 from fabench.data._downsampled import TRAIN_FILES, files_fingerprint, read_downsampled
 from fabench.data._fingerprint import tree_fingerprint
 from fabench.data._placement import is_mapped
@@ -271,7 +271,7 @@ def test_converting_changes_no_run_id(tmp_path, monkeypatch):
     before = files_fingerprint(tmp_path, 16)
     assert before == tree_fingerprint(str(root.resolve()))
     _load(tmp_path, "always", monkeypatch)
-    _downsampled._tree_fingerprint.cache_clear()
+    tree_fingerprint.cache_clear()
     assert _cache(tmp_path).is_dir() and files_fingerprint(tmp_path, 16) == before
 
 
@@ -281,7 +281,7 @@ def test_a_cache_folder_named_inside_the_data_folder_changes_no_run_id(tmp_path,
     before = files_fingerprint(tmp_path, 16)
     monkeypatch.setenv("FABENCH_CACHE_DIR", str(root / "converted"))
     _load(tmp_path, "always", monkeypatch)
-    _downsampled._tree_fingerprint.cache_clear()
+    tree_fingerprint.cache_clear()
     assert (root / "converted" / "imagenet16").is_dir() and files_fingerprint(tmp_path, 16) == before
 
 

@@ -28,7 +28,8 @@ measured rates: per *kernel*, ``max(FLOPs / matmul rate, bytes / copy bandwidth)
 ``draws · time per draw``. A direct rule's product with its held matrices is priced at the rate
 a product of a matrix larger than the last-level cache with ``batch`` vectors reads its matrix
 on this machine, when the step's matrices together do not fit in that cache: such a product
-does not stream at the copy bandwidth (PyTorch's GEMM repacks the matrix; docs/dfa.md). Kernels run one after another, so a kernel bound by memory (DFA's
+does not stream at the copy bandwidth (PyTorch's GEMM repacks the matrix; docs/dfa.md).
+Kernels run one after another, so a kernel bound by memory (DFA's
 ``D_l e`` at a small batch streams its matrix at a few FLOPs per byte) cannot hide under the
 compute of the layer's convolutions; the first version of this model took the maximum per
 layer and so under-counted such a step.
@@ -181,11 +182,10 @@ def last_level_cache_bytes(device: torch.device) -> int | None:
     return max(sizes, default=None)
 
 
-def stream_elements(device: torch.device) -> int:
+def stream_elements(cache_bytes: int | None) -> int:
     """float32 elements of each buffer of the bandwidth probe: twice the last-level cache (at least
     :data:`MIN_STREAM_BYTES`), so that the copy streams from memory as a step's large operands do."""
-    cache = last_level_cache_bytes(device) or 0
-    return max(MIN_STREAM_BYTES, 2 * cache) // 4
+    return max(MIN_STREAM_BYTES, 2 * (cache_bytes or 0)) // 4
 
 
 def measure_rates(device: torch.device) -> Rates:
@@ -195,7 +195,8 @@ def measure_rates(device: torch.device) -> Rates:
     class's L3 holds hundreds of MiB) measures the cache, and the model then prices the matrices
     of ``dfa``, read once per step from memory, at several times their real rate."""
     a, b = torch.randn(512, 512, device=device), torch.randn(512, 512, device=device)
-    big = torch.randn(stream_elements(device), device=device)
+    cache = last_level_cache_bytes(device)
+    big = torch.randn(stream_elements(cache), device=device)
     out = torch.empty_like(big)
     gen = torch.Generator(device=device).manual_seed(0)
     draws = out[: 1 << 23]
@@ -207,7 +208,7 @@ def measure_rates(device: torch.device) -> Rates:
     draw = median_seconds(lambda: torch.randn(draws.shape, generator=gen, out=draws, device=device), device)
     product = median_seconds(lambda: torch.mm(matrix, vectors), device)
     return Rates(2 * 512**3 / matmul, 2 * 4 * big.numel() / copy, draw / draws.numel(),
-                 product_byte_per_s=4 * matrix.numel() / product, cache_bytes=last_level_cache_bytes(device))
+                 product_byte_per_s=4 * matrix.numel() / product, cache_bytes=cache)
 
 
 def product_byte_rate(work: Work, rates: Rates) -> float:

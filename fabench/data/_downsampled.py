@@ -23,8 +23,6 @@ with ``FABENCH_DATA_STREAM=always``) is converted once to a ``.npy`` file
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import zipfile
 import zlib
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 
 from fabench.data._dataset import Splits
+from fabench.data._fingerprint import tree_fingerprint
 from fabench.data._npy_cache import CACHE_FOLDER, CACHE_VARIABLE, cache_folder, cached_split
 from fabench.data._placement import gb, note, stream_from_disk
 from fabench.errors import FabenchError
@@ -88,22 +87,12 @@ def find_files(data_dir: str | Path, side: int) -> tuple[list[Path], Path]:
     return train, val
 
 
-@functools.lru_cache(maxsize=8)
-def _tree_fingerprint(root: str) -> str:
-    """:func:`fabench.data._fingerprint.tree_fingerprint` of ``root`` leaving out the cache
-    folder (``.fabench-cache``, or ``FABENCH_CACHE_DIR`` when it lies inside ``root``), so that converting a split changes no run id (the same string when there is none).
-    Cached per process: a run's id must not change while it runs."""
-    digest = hashlib.sha256()
+def _cache_folders() -> frozenset[str]:
+    """The folders a fingerprint of the data leaves out: every ``.fabench-cache``, and
+    ``FABENCH_CACHE_DIR`` should it lie inside the data folder, so that converting a split
+    changes no run id."""
     chosen = os.environ.get(CACHE_VARIABLE, "").strip()
-    elsewhere = os.path.realpath(os.path.expanduser(chosen)) if chosen else None
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(name for name in dirs if name != CACHE_FOLDER
-                         and os.path.realpath(os.path.join(folder, name)) != elsewhere)
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            stat = os.stat(path)
-            digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"files:{digest.hexdigest()}"
+    return frozenset({CACHE_FOLDER, *([os.path.realpath(os.path.expanduser(chosen))] if chosen else [])})
 
 
 def files_fingerprint(data_dir: str | Path, side: int) -> str | None:
@@ -114,7 +103,7 @@ def files_fingerprint(data_dir: str | Path, side: int) -> str | None:
     except FabenchError:
         return None
     folders = sorted({str(path.parent.resolve()) for path in (*train, val)})
-    return " ".join(_tree_fingerprint(folder) for folder in folders)
+    return " ".join(tree_fingerprint(folder, _cache_folders()) for folder in folders)
 
 
 def _one_line(err: BaseException) -> str:

@@ -62,13 +62,18 @@ def content_fingerprint(files: list[Path], base: Path) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def tree_fingerprint(root: str) -> str:
-    """One sha256 over the relative name, size and modification time of every file under ``root``.
+def tree_fingerprint(root: str, skip: frozenset[str] = frozenset()) -> str:
+    """One sha256 over the relative name, size and modification time of every file under ``root``,
+    leaving out the folders in ``skip`` (given by name or by real path: a cache written beside the
+    data must not change the data's fingerprint).
 
     Cached per process: a run's id must not change while it runs.
     """
     digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root):
+        if skip:
+            dirs[:] = [name for name in dirs
+                       if name not in skip and os.path.realpath(os.path.join(folder, name)) not in skip]
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(folder, name)

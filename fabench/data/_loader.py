@@ -163,14 +163,12 @@ class DeviceLoader:
         if batch_size < 1:
             raise FabenchError(f"batch size must be at least 1, got {batch_size}")
         n = labels.shape[0]
-        if not self.streamed(images):
-            for start in range(0, n, batch_size):
-                batch = augment_test(images[start : start + batch_size], self.policy)
-                yield self._finish(batch), labels[start : start + batch_size]
-            return
         starts = range(0, n, batch_size)
-        batches = host_batches(images, [torch.arange(start, min(start + batch_size, n)) for start in starts],
-                               self.device)
+        if self.streamed(images):
+            batches = host_batches(images, [torch.arange(start, min(start + batch_size, n)) for start in starts],
+                                   self.device)
+        else:
+            batches = (images[start : start + batch_size] for start in starts)
         with contextlib.closing(batches):
             for start, batch in zip(starts, batches, strict=True):
                 yield self._finish(augment_test(batch, self.policy)), labels[start : start + batch_size]
